@@ -1,0 +1,9 @@
+"""PixelCLIP on detectron2: open-vocabulary semantic segmentation without semantic labels.
+
+Importing the package registers its detectron2 components (meta-architecture, backbone, head,
+datasets) and does nothing else: no disk access, no network, no seeding, no device placement.
+"""
+
+from .config import add_pixelclip_config
+
+__all__ = ["add_pixelclip_config"]

@@ -1,0 +1,134 @@
+"""Configuration keys added by PixelCLIP on top of detectron2's defaults.
+
+Every key has one comment stating its meaning and allowed values. The reference hyper-parameters
+(docs/METHOD.md) are the defaults or live in ``configs/Base-PixelCLIP.yaml``.
+"""
+
+from detectron2.config import CfgNode as CN
+
+# CLIP's normalisation constants on detectron2's 0-255 pixel scale.
+CLIP_PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
+CLIP_PIXEL_STD = [68.5005327, 66.6321579, 70.32316305]
+
+
+def add_pixelclip_config(cfg: CN) -> None:
+    """Add every PixelCLIP key (with its default) to a detectron2 config, in place."""
+    cfg.MODEL.PIXEL_MEAN = list(CLIP_PIXEL_MEAN)
+    cfg.MODEL.PIXEL_STD = list(CLIP_PIXEL_STD)
+
+    # ---------------------------------------------------------------- CLIP (image and text towers)
+    cfg.MODEL.CLIP = CN()
+    # open_clip model name, e.g. "ViT-B-16", "ViT-L-14", "convnext_base_w_320", or a custom name
+    # registered from MODEL_CONFIG.
+    cfg.MODEL.CLIP.MODEL_NAME = "ViT-B-16"
+    # Path of an open_clip model-config JSON to register before creating the model ("" = none);
+    # used for small custom CLIPs (tests, ToyWorld).
+    cfg.MODEL.CLIP.MODEL_CONFIG = ""
+    # Pre-trained weights: an open_clip pretrained tag (e.g. "openai", needs network or cache), a
+    # local file path (.pt/.pth/.bin/.safetensors), or "" for random initialisation.
+    cfg.MODEL.CLIP.PRETRAINED = "openai"
+    # Folder where open_clip keeps downloaded weights ("" = open_clip's default).
+    cfg.MODEL.CLIP.CACHE_DIR = ""
+    # Side of the square image CLIP sees, in pixels (320 for ViT-B/16, 640 for ConvNeXt); must be a
+    # multiple of the patch size / total stride.
+    cfg.MODEL.CLIP.RESOLUTION = 320
+    # Last-block readout of dense ViT features: "reference" (value path + class-token residual),
+    # "maskclip" (value path, no residual), "sclip", "clearclip", "naclip". Ignored by ConvNeXt.
+    cfg.MODEL.CLIP.DENSE_VARIANT = "reference"
+    # Which image-tower parameters train: "attention" (ViT attention + positional embedding),
+    # "full" (whole image tower), "none" (frozen).
+    cfg.MODEL.CLIP.FINETUNE = "attention"
+
+    # ------------------------------------------------------------------ learnable class prompts
+    cfg.MODEL.PROMPT = CN()
+    # Number k of learnable classes (clusters); >= 2.
+    cfg.MODEL.PROMPT.NUM_CLUSTERS = 64
+    # Number l of learnable token embeddings per class; >= 1.
+    cfg.MODEL.PROMPT.LENGTH = 4
+    # Template around the learnable tokens; its single "{}" is replaced by LENGTH placeholders.
+    cfg.MODEL.PROMPT.TEMPLATE = "A photo of a {} in the scene"
+
+    # --------------------------------------------------------------- training signal and inference
+    cfg.MODEL.PIXELCLIP = CN()
+    # Side of the square grid on which masks, teacher features and targets meet (pixels).
+    cfg.MODEL.PIXELCLIP.MASK_RESOLUTION = 256
+    # Multiplier (EPS) of mask-to-prompt cosine similarities before Sinkhorn: 100 (ViT), 1 (ConvNeXt); > 0.
+    cfg.MODEL.PIXELCLIP.TEMPERATURE = 100.0
+    # Number of Sinkhorn-Knopp iterations; >= 1.
+    cfg.MODEL.PIXELCLIP.SINKHORN_ITERS = 3
+    # EMA factor gamma of the momentum teacher, in [0, 1].
+    cfg.MODEL.PIXELCLIP.MOMENTUM = 0.999
+    # Numeric precision of forward passes: "fp32" or "bf16" (autocast, on CPU and CUDA).
+    cfg.MODEL.PIXELCLIP.PRECISION = "fp32"
+    # Channels of the training-only decoder's two stages (the reference uses 64 then 32).
+    cfg.MODEL.PIXELCLIP.DECODER_CHANNELS = [64, 32]
+
+    # ------------------------------------------------------------------------------ inference
+    cfg.MODEL.PIXELCLIP.TEST = CN()
+    # Inference protocol: "whole" (square CLIP_RESOLUTION, the reference) or "slide" (sliding window).
+    cfg.MODEL.PIXELCLIP.TEST.PROTOCOL = "whole"
+    # Side of the grid dense features are upsampled to before the cosine ("whole" protocol).
+    cfg.MODEL.PIXELCLIP.TEST.FEATURE_RESOLUTION = 64
+    # Sliding-window crop side and stride in pixels ("slide" protocol).
+    cfg.MODEL.PIXELCLIP.TEST.SLIDE_CROP = 224
+    cfg.MODEL.PIXELCLIP.TEST.SLIDE_STRIDE = 112
+    # Prompt ensemble for class names: "single", "imagenet_select" or "imagenet" (80 templates).
+    cfg.MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE = "imagenet_select"
+    # Vocabulary used at test time instead of the test dataset's stuff_classes: a list of class
+    # names ("a, b" = synonyms of one class), or VOCABULARY_FILE, a JSON list of names. Both empty:
+    # the dataset's metadata.
+    cfg.MODEL.PIXELCLIP.TEST.VOCABULARY = []
+    cfg.MODEL.PIXELCLIP.TEST.VOCABULARY_FILE = ""
+    # Folder for the on-disk cache of class text embeddings ("" = no disk cache).
+    cfg.MODEL.PIXELCLIP.TEST.EMBEDDING_CACHE_DIR = ""
+
+    # ------------------------------------------------------------------- training data
+    # Which masks train the model: "sa1b" (masks read from SA-1B-format JSON) or "dino" (k-means
+    # of DINO features computed online).
+    cfg.INPUT.MASK_SOURCE = "sa1b"
+    # At most this many masks per image are kept (largest first); 0 = keep all.
+    cfg.INPUT.MAX_MASKS_PER_IMAGE = 128
+    # Strong view of the student (METHOD §8).
+    cfg.INPUT.STRONG_AUG = CN()
+    # Whether the student sees a strongly augmented view (False: the weak view itself).
+    cfg.INPUT.STRONG_AUG.ENABLED = True
+    # ColorJitter (brightness, contrast, saturation, hue) and its probability.
+    cfg.INPUT.STRONG_AUG.COLOR_JITTER = [0.5, 0.5, 0.5, 0.25]
+    cfg.INPUT.STRONG_AUG.COLOR_JITTER_PROB = 0.8
+    # Probability of converting the strong view to grayscale.
+    cfg.INPUT.STRONG_AUG.GRAYSCALE_PROB = 0.2
+    # Gaussian blur sigma range and probability.
+    cfg.INPUT.STRONG_AUG.BLUR_SIGMA = [0.1, 2.0]
+    cfg.INPUT.STRONG_AUG.BLUR_PROB = 0.5
+    # Cutout box side as a fraction of each image side, sampled in [min, max]; [0, 0] disables it.
+    cfg.INPUT.STRONG_AUG.CUTOUT_SCALE = [0.1, 0.5]
+
+    # DINO mask source (METHOD §8).
+    cfg.MODEL.DINO = CN()
+    # timm model name of the DINO ViT.
+    cfg.MODEL.DINO.MODEL_NAME = "vit_small_patch16_224.dino"
+    # Local weight file for the DINO ViT (.pth / .safetensors); "" = random weights (tests only).
+    cfg.MODEL.DINO.WEIGHTS = ""
+    # Number of k-means clusters (masks) per image; >= 2.
+    cfg.MODEL.DINO.NUM_CLUSTERS = 16
+    # Number of k-means iterations.
+    cfg.MODEL.DINO.KMEANS_ITERS = 20
+    # Side of the square image given to DINO, in pixels (multiple of 16).
+    cfg.MODEL.DINO.RESOLUTION = 448
+
+    # SA-1B location and subset.
+    cfg.DATASETS.SA1B = CN()
+    # Root folder of SA-1B ("" = $DETECTRON2_DATASETS/sa1b).
+    cfg.DATASETS.SA1B.ROOT = ""
+    # Text file listing the image ids (or relative paths) to use, one per line ("" = all found).
+    cfg.DATASETS.SA1B.SUBSET = ""
+    # Use at most this many images (0 = no cap).
+    cfg.DATASETS.SA1B.MAX_IMAGES = 0
+
+    # ------------------------------------------------------------------------------- solver
+    # Learning-rate multipliers of the parameter groups.
+    cfg.SOLVER.CLIP_MULTIPLIER = 0.01
+    cfg.SOLVER.PROMPT_MULTIPLIER = 10.0
+    cfg.SOLVER.DECODER_MULTIPLIER = 1.0
+    # Weight decay of nn.Embedding parameters (normalisation layers use WEIGHT_DECAY_NORM).
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0

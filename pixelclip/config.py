@@ -27,6 +27,8 @@ def add_pixelclip_config(cfg: CN) -> None:
     # Pre-trained weights: an open_clip pretrained tag (e.g. "openai", needs network or cache), a
     # local file path (.pt/.pth/.bin/.safetensors), or "" for random initialisation.
     cfg.MODEL.CLIP.PRETRAINED = "openai"
+    # Build the model with QuickGELU activations (required by OpenAI's CLIP weights).
+    cfg.MODEL.CLIP.FORCE_QUICK_GELU = False
     # Folder where open_clip keeps downloaded weights ("" = open_clip's default).
     cfg.MODEL.CLIP.CACHE_DIR = ""
     # Side of the square image CLIP sees, in pixels (320 for ViT-B/16, 640 for ConvNeXt); must be a
@@ -86,6 +88,8 @@ def add_pixelclip_config(cfg: CN) -> None:
     # Which masks train the model: "sa1b" (masks read from SA-1B-format JSON) or "dino" (k-means
     # of DINO features computed online).
     cfg.INPUT.MASK_SOURCE = "sa1b"
+    # SSD-style photometric distortion of the weak view (as in Mask2Former), True/False.
+    cfg.INPUT.COLOR_AUG_SSD = True
     # At most this many masks per image are kept (largest first); 0 = keep all.
     cfg.INPUT.MAX_MASKS_PER_IMAGE = 128
     # Strong view of the student (METHOD §8).
@@ -126,6 +130,8 @@ def add_pixelclip_config(cfg: CN) -> None:
     cfg.DATASETS.SA1B.MAX_IMAGES = 0
 
     # ------------------------------------------------------------------------------- solver
+    # Optimizer: "ADAMW" (the reference) or "SGD" (with SOLVER.MOMENTUM).
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
     # Learning-rate multipliers of the parameter groups.
     cfg.SOLVER.CLIP_MULTIPLIER = 0.01
     cfg.SOLVER.PROMPT_MULTIPLIER = 10.0

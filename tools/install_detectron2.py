@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import io
 import os
 import socket
 import subprocess
@@ -139,7 +138,9 @@ def repack(source: Path, out_dir: Path) -> Path:
             raise ValueError(f"{source}: no 'detectron2/' package inside; is this the right wheel?")
         licenses = [n for n in names if n.endswith(".dist-info/LICENSE")]
         if not licenses:
-            raise ValueError(f"{source}: no LICENSE in its .dist-info; refusing to repack without it")
+            raise ValueError(
+                f"{source}: no LICENSE in its .dist-info; refusing to repack without it"
+            )
         tmp = tempfile.NamedTemporaryFile(dir=out_dir, suffix=".tmp", delete=False)
         tmp.close()
         try:

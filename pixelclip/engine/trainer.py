@@ -1,0 +1,124 @@
+"""detectron2 trainer for PixelCLIP: the builders ``tools/train_net.py`` delegates to.
+
+Differences from ``DefaultTrainer``: PixelCLIP's optimizer (LR multipliers, full-model gradient
+clipping), the SA-1B training mapper, SemSegEvaluator on every test dataset with that dataset's
+class names as the vocabulary, and DDP that also works on CPU with gloo (detectron2's default
+passes ``device_ids`` to DDP, which CPU processes refuse).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections import OrderedDict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_setup,
+)
+from detectron2.evaluation import SemSegEvaluator, inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_pixelclip_config
+from ..data.mapper import SA1BDatasetMapper
+from ..data.sa1b import register_sa1b_from_config
+from ..solver import build_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """DDP over all processes when there are several: on CUDA with the local device, on CPU
+    (gloo) without ``device_ids``."""
+    if comm.get_world_size() == 1:
+        return model
+    device_ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
+    return create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with PixelCLIP's builders (see the module docstring)."""
+
+    def __init__(self, cfg: CfgNode):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_ddp(model)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=SA1BDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate on every dataset of ``cfg.DATASETS.TEST``. Unless a vocabulary is fixed by
+        MODEL.PIXELCLIP.TEST.VOCABULARY(_FILE), each dataset is segmented with its own
+        ``stuff_classes``."""
+        fixed_vocabulary = bool(
+            cfg.MODEL.PIXELCLIP.TEST.VOCABULARY or cfg.MODEL.PIXELCLIP.TEST.VOCABULARY_FILE
+        )
+        results = OrderedDict()
+        for index, dataset_name in enumerate(cfg.DATASETS.TEST):
+            if not fixed_vocabulary:
+                unwrap(model).vocabulary_for(dataset_name)
+            loader = cls.build_test_loader(cfg, dataset_name)
+            evaluator = evaluators[index] if evaluators else cls.build_evaluator(cfg, dataset_name)
+            results[dataset_name] = inference_on_dataset(model, loader, evaluator)
+            if comm.is_main_process():
+                logger.info("Evaluation results for %s in csv format:", dataset_name)
+                print_csv_format(results[dataset_name])
+        return results[next(iter(results))] if len(results) == 1 else results
+
+
+def setup(args) -> CfgNode:
+    """Config from ``args.config_file`` and ``args.opts`` (detectron2's argument parser), frozen,
+    with detectron2's default set-up (logging, output folder, seeding)."""
+    cfg = get_cfg()
+    add_pixelclip_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pixelclip")
+    register_sa1b_from_config(cfg)
+    return cfg

@@ -1,0 +1,108 @@
+"""The text side of PixelCLIP as a detectron2 semantic-segmentation head.
+
+``PixelCLIPHead`` owns CLIP's frozen text tower, the learnable class prompts and the training-only
+decoder. It turns dense image features into per-cluster cost maps and decoder logits (training,
+docs/METHOD.md §5), and encodes vocabularies of class names for inference (§9).
+"""
+
+from __future__ import annotations
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from torch import nn
+
+from ..inference.vocabulary import PROMPT_ENSEMBLES, VocabularyEmbedder
+from .clip import create_clip
+from .decoder import ConvHead
+from .text import CLIPTextEncoder, LearnablePrompts
+
+
+def clip_from_config(cfg) -> nn.Module:
+    """The open_clip model named by ``cfg.MODEL.CLIP`` (loaded with its weights, if any)."""
+    return create_clip(
+        cfg.MODEL.CLIP.MODEL_NAME,
+        pretrained=cfg.MODEL.CLIP.PRETRAINED,
+        model_config=cfg.MODEL.CLIP.MODEL_CONFIG,
+        cache_dir=cfg.MODEL.CLIP.CACHE_DIR,
+        force_quick_gelu=cfg.MODEL.CLIP.FORCE_QUICK_GELU,
+    )
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class PixelCLIPHead(nn.Module):
+    """Frozen CLIP text tower + learnable class prompts + training-only decoder.
+
+    State-dict layout: ``text.*`` (open_clip's text-tower names), ``prompts.prompt_tokens`` (k, l, W)
+    and ``decoder.*`` (the reference ConvHead names).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        text_encoder: CLIPTextEncoder,
+        prompts: LearnablePrompts,
+        decoder: ConvHead,
+        prompt_templates: tuple[str, ...] = PROMPT_ENSEMBLES["imagenet_select"],
+        embedding_cache_dir: str = "",
+    ):
+        super().__init__()
+        self.text = text_encoder
+        self.prompts = prompts
+        self.decoder = decoder
+        self.prompt_templates = tuple(prompt_templates)
+        self.vocabulary_embedder = VocabularyEmbedder(
+            self.text, templates=self.prompt_templates, cache_dir=embedding_cache_dir or None
+        )
+
+    @classmethod
+    def from_config(cls, cfg, input_shape=None):
+        clip = clip_from_config(cfg)
+        tokenizer = open_clip.get_tokenizer(cfg.MODEL.CLIP.MODEL_NAME)
+        text_encoder = CLIPTextEncoder.from_clip(clip, tokenizer)
+        ensemble = cfg.MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE
+        if ensemble not in PROMPT_ENSEMBLES:
+            raise ValueError(
+                f"unknown MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE {ensemble!r}; "
+                f"choose from {sorted(PROMPT_ENSEMBLES)}"
+            )
+        return {
+            "text_encoder": text_encoder,
+            "prompts": LearnablePrompts(
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                num_clusters=cfg.MODEL.PROMPT.NUM_CLUSTERS,
+                length=cfg.MODEL.PROMPT.LENGTH,
+                template=cfg.MODEL.PROMPT.TEMPLATE,
+                seed=max(cfg.SEED, 0),
+            ),
+            "decoder": ConvHead(cfg.MODEL.PIXELCLIP.DECODER_CHANNELS),
+            "prompt_templates": PROMPT_ENSEMBLES[ensemble],
+            "embedding_cache_dir": cfg.MODEL.PIXELCLIP.TEST.EMBEDDING_CACHE_DIR,
+        }
+
+    def prompt_embeddings(self) -> torch.Tensor:
+        """Text embeddings f_C of the learnable classes, (k, D), unnormalised, with gradients."""
+        return self.prompts(self.text)
+
+    def forward(self, features: torch.Tensor, prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """Decoder logits of every learnable class.
+
+        Args:
+            features: student dense features (B, D, h, w), unnormalised.
+            prompt_embeddings: f_C (k, D), unnormalised.
+
+        Returns:
+            (B, k, 4h, 4w) logits: the decoder applied to each cosine cost map (no temperature).
+        """
+        features = F.normalize(features, dim=1)
+        classes = F.normalize(prompt_embeddings, dim=-1).to(features.dtype)
+        cost = torch.einsum("bdhw,kd->bkhw", features, classes)
+        return self.decoder(cost)
+
+    def class_embeddings(self, class_names: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (C, D) of a vocabulary, with the prompt ensemble; cached."""
+        return self.vocabulary_embedder(class_names)

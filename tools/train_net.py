@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Train or evaluate PixelCLIP with detectron2.
+
+Examples:
+  tools/train_net.py --config-file configs/pixelclip_vitb16_sa1b_bs48_10k.yaml --num-gpus 8
+  tools/train_net.py --config-file configs/pixelclip_vitb16_sa1b_bs48_10k.yaml --resume
+  tools/train_net.py --config-file configs/pixelclip_vitb16_sa1b_bs48_10k.yaml --eval-only \
+      MODEL.WEIGHTS output/model_final.pth
+Trailing KEY VALUE pairs override config keys. On a machine without CUDA, --num-gpus N starts N
+CPU processes that train with gloo.
+"""
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, launch
+
+from pixelclip.engine import Trainer, setup
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser(epilog=__doc__).parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

@@ -14,7 +14,7 @@ from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..inference.vocabulary import PROMPT_ENSEMBLES, VocabularyEmbedder
+from ..inference.vocabulary import PROMPT_ENSEMBLES, VocabularyEmbedder, prompt_templates
 from .clip import create_clip
 from .decoder import ConvHead
 from .text import CLIPTextEncoder, LearnablePrompts
@@ -54,21 +54,13 @@ class PixelCLIPHead(nn.Module):
         self.prompts = prompts
         self.decoder = decoder
         self.prompt_templates = tuple(prompt_templates)
-        self.vocabulary_embedder = VocabularyEmbedder(
-            self.text, templates=self.prompt_templates, cache_dir=embedding_cache_dir or None
-        )
+        self.vocabulary_embedder = VocabularyEmbedder(cache_dir=embedding_cache_dir or None)
 
     @classmethod
     def from_config(cls, cfg, input_shape=None):
         clip = clip_from_config(cfg)
         tokenizer = open_clip.get_tokenizer(cfg.MODEL.CLIP.MODEL_NAME)
         text_encoder = CLIPTextEncoder.from_clip(clip, tokenizer)
-        ensemble = cfg.MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE
-        if ensemble not in PROMPT_ENSEMBLES:
-            raise ValueError(
-                f"unknown MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE {ensemble!r}; "
-                f"choose from {sorted(PROMPT_ENSEMBLES)}"
-            )
         return {
             "text_encoder": text_encoder,
             "prompts": LearnablePrompts(
@@ -80,7 +72,7 @@ class PixelCLIPHead(nn.Module):
                 seed=max(cfg.SEED, 0),
             ),
             "decoder": ConvHead(cfg.MODEL.PIXELCLIP.DECODER_CHANNELS),
-            "prompt_templates": PROMPT_ENSEMBLES[ensemble],
+            "prompt_templates": prompt_templates(cfg.MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE),
             "embedding_cache_dir": cfg.MODEL.PIXELCLIP.TEST.EMBEDDING_CACHE_DIR,
         }
 
@@ -105,4 +97,4 @@ class PixelCLIPHead(nn.Module):
 
     def class_embeddings(self, class_names: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings (C, D) of a vocabulary, with the prompt ensemble; cached."""
-        return self.vocabulary_embedder(class_names)
+        return self.vocabulary_embedder(self.text, class_names, self.prompt_templates)

@@ -99,7 +99,9 @@ class CLIPTextEncoder(nn.Module):
                 "truncated computation needs a causal text transformer"
             )
         if getattr(tower, "cls_emb", None) is not None:
-            raise ValueError(f"{type(model).__name__}: text towers with a class token are unsupported")
+            raise ValueError(
+                f"{type(model).__name__}: text towers with a class token are unsupported"
+            )
         pool_type = getattr(tower, "text_pool_type", None) or getattr(tower, "pool_type", "argmax")
         eos_id = getattr(tower, "text_eos_id", None)
         if eos_id is None:
@@ -164,10 +166,14 @@ class CLIPTextEncoder(nn.Module):
             (N, D) text embeddings, not normalised. Differentiable w.r.t. ``embeds``.
         """
         if embeds.dim() != 3 or embeds.shape[-1] != self.width:
-            raise ValueError(f"embeds must have shape (N, L, {self.width}), got {tuple(embeds.shape)}")
+            raise ValueError(
+                f"embeds must have shape (N, L, {self.width}), got {tuple(embeds.shape)}"
+            )
         length = embeds.shape[1]
         if length > self.context_length:
-            raise ValueError(f"sequence length {length} exceeds context length {self.context_length}")
+            raise ValueError(
+                f"sequence length {length} exceeds context length {self.context_length}"
+            )
         if eot_index.shape != embeds.shape[:1]:
             raise ValueError(
                 f"eot_index must have shape ({embeds.shape[0]},), got {tuple(eot_index.shape)}"
@@ -227,17 +233,20 @@ def _locate_placeholders(tokenizer, template: str, length: int, context_length: 
         (ids, positions): LongTensor (context_length,) of the template's token ids and
         LongTensor (length,) of the placeholder positions.
     """
+
     def tokenize(word: str) -> Tensor:
         return tokenizer([template.replace("{}", " ".join([word] * length))], context_length)[0]
 
     tokenized = [(w, tokenize(w)) for w in _PLACEHOLDER_WORDS]
     for i, (word, ids) in enumerate(tokenized):
-        for other, other_ids in tokenized[:i] + tokenized[i + 1 :]:
+        for _, other_ids in tokenized[:i] + tokenized[i + 1 :]:
             differ = (ids != other_ids).nonzero().flatten()
             if differ.numel() != length or (other_ids[differ] != other_ids[differ[0]]).any():
                 continue
             placeholder_id = ids[differ[0]]
-            if (ids[differ] == placeholder_id).all() and int((ids == placeholder_id).sum()) == length:
+            if (ids[differ] == placeholder_id).all() and int(
+                (ids == placeholder_id).sum()
+            ) == length:
                 logger.debug("prompt placeholder %r at positions %s", word, differ.tolist())
                 return ids, differ
     raise ValueError(

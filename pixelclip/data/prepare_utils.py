@@ -1,0 +1,289 @@
+"""Shared helpers of the ``datasets/prepare_*.py`` label converters.
+
+Every converter reads an official release, writes detectron2-style label PNGs (uint8 class indices
+``0..C-1``, 255 = ignore) and places the split's images under the dataset root. The helpers here
+make every script behave the same way:
+
+* atomic writes (temporary file in the destination folder + ``os.replace``), so an interrupted run
+  never leaves a truncated PNG, and a re-run skips what is done (resumable);
+* images are hard-linked into the dataset root (no extra space), with a copy as fallback, or used in
+  place when the release already sits at the expected location;
+* a tqdm progress bar, and a final check of the number of prepared images against the official
+  count (a warning, or an error with ``--strict``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+DATASETS_ENV = "DETECTRON2_DATASETS"
+IGNORE_LABEL = 255
+LINK_MODES = ("hardlink", "symlink", "copy")
+
+# Exit codes of the prepare scripts' ``main``.
+EXIT_OK = 0
+EXIT_COUNT_MISMATCH = 2
+
+
+def default_dataset_root() -> Path:
+    """The dataset root: ``$DETECTRON2_DATASETS`` if set, else ``./datasets`` (read per call)."""
+    return Path(os.path.expanduser(os.getenv(DATASETS_ENV, "datasets")))
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Add the options every prepare script shares: --root, --link-mode, --overwrite, --strict."""
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help=f"dataset root that receives the detectron2-style folders "
+        f"(default: ${DATASETS_ENV} if set, else ./datasets)",
+    )
+    parser.add_argument(
+        "--link-mode",
+        choices=LINK_MODES,
+        default="hardlink",
+        help="how images are placed under the dataset root when the release lies elsewhere: "
+        "hardlink (no extra space; falls back to copy across file systems), symlink, or copy "
+        "(default: hardlink)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="convert again even when an output file exists (default: skip finished files, "
+        "so an interrupted run resumes where it stopped)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with an error (code 2) when the number of prepared images differs from the "
+        "official count; without it a clear warning is printed",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def resolve_root(root: Path | None) -> Path:
+    """``root`` if given, else :func:`default_dataset_root`."""
+    return Path(root) if root is not None else default_dataset_root()
+
+
+def atomic_save_png(label: np.ndarray, path: Path) -> None:
+    """Write a label map as an 8-bit grayscale PNG, atomically.
+
+    Args:
+        label: (H, W) integer array with values in [0, 255].
+        path: destination; its folder is created if needed.
+    """
+    if label.ndim != 2:
+        raise ValueError(f"label for {path} must be 2-D (H, W), got shape {label.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(label.astype(np.uint8, copy=False), mode="L").save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def place_image(src: Path, dst: Path, mode: str = "hardlink") -> None:
+    """Make ``dst`` hold the image ``src`` (no-op when it exists or is the same file).
+
+    The link or copy is made under a temporary name and renamed, so ``dst`` is never partial.
+    """
+    if mode not in LINK_MODES:
+        raise ValueError(f"unknown link mode {mode!r}; choose from {LINK_MODES}")
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    if tmp.exists() or tmp.is_symlink():
+        tmp.unlink()
+    if mode == "hardlink":
+        try:
+            os.link(src, tmp)
+        except OSError:  # other file system, or links not supported: copy instead
+            shutil.copy2(src, tmp)
+    elif mode == "symlink":
+        os.symlink(os.path.abspath(src), tmp)
+    else:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def read_label_image(path: Path) -> np.ndarray:
+    """Read a single-channel label image (8/16-bit grayscale or palette PNG) as integer indices.
+
+    Palette ("P") images yield their palette indices, which is what VOC's SegmentationClass PNGs
+    store; converting them to RGB would lose the class ids, so multi-channel images are refused.
+
+    Returns:
+        (H, W) integer array.
+    """
+    with Image.open(path) as img:
+        if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+            raise ValueError(
+                f"{path}: expected a single-channel label image (mode L, P or I), got mode "
+                f"{img.mode!r}; label PNGs must hold class ids, not colours"
+            )
+        return np.array(img)
+
+
+def lookup_table(
+    mapping: dict[int, int], default: int = IGNORE_LABEL, size: int = 256
+) -> np.ndarray:
+    """A (size,) uint8 table: each key of ``mapping`` -> its value, other indices -> ``default``."""
+    lut = np.full(size, default, dtype=np.uint8)
+    for src, dst in mapping.items():
+        lut[src] = dst
+    return lut
+
+
+def apply_lut(label: np.ndarray, lut: np.ndarray, path: Path | str = "") -> np.ndarray:
+    """Map raw label ids through ``lut``; ids beyond the table are an error naming ``path``.
+
+    Args:
+        label: (H, W) non-negative integer array.
+        lut: (N,) uint8 table.
+
+    Returns:
+        (H, W) uint8 array.
+    """
+    if label.size and (label.min() < 0 or label.max() >= len(lut)):
+        raise ValueError(
+            f"{path}: label ids must lie in [0, {len(lut) - 1}], found "
+            f"[{label.min()}, {label.max()}]"
+        )
+    return lut[label]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split: where its image and raw label come from, where outputs go."""
+
+    key: str
+    image_src: Path
+    image_dst: Path
+    label_src: Path
+    label_dsts: tuple[Path, ...]
+
+
+@dataclass
+class Summary:
+    """What a conversion run did."""
+
+    converted: int = 0
+    skipped: int = 0
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        """Samples whose outputs now exist."""
+        return self.converted + self.skipped
+
+
+def convert_samples(
+    samples: Iterable[Sample],
+    convert: Callable[[Sample], Sequence[np.ndarray]],
+    *,
+    link_mode: str = "hardlink",
+    overwrite: bool = False,
+    desc: str = "",
+    progress: bool = True,
+    total: int | None = None,
+) -> Summary:
+    """Place each sample's image and write its converted label maps.
+
+    Args:
+        samples: the split's samples.
+        convert: maps a sample to one (H, W) label array per entry of ``sample.label_dsts``.
+        link_mode: see :func:`place_image`.
+        overwrite: convert even when every output exists.
+        desc: progress-bar title.
+        progress: show a tqdm bar.
+        total: number of samples, for the bar when ``samples`` is a generator.
+
+    Returns:
+        counts of converted and skipped samples, and the keys of samples whose image or raw label
+        is missing from the release (they are left out, and reported).
+    """
+    summary = Summary()
+    for sample in tqdm(samples, desc=desc, total=total, disable=not progress, unit="img"):
+        if not sample.image_src.is_file() or not sample.label_src.is_file():
+            summary.missing.append(sample.key)
+            continue
+        place_image(sample.image_src, sample.image_dst, link_mode)
+        if not overwrite and all(p.is_file() for p in sample.label_dsts):
+            summary.skipped += 1
+            continue
+        labels = convert(sample)
+        if len(labels) != len(sample.label_dsts):
+            raise RuntimeError(
+                f"{sample.key}: converter returned {len(labels)} label maps for "
+                f"{len(sample.label_dsts)} outputs"
+            )
+        for label, dst in zip(labels, sample.label_dsts):
+            atomic_save_png(label, dst)
+        summary.converted += 1
+    return summary
+
+
+def report(summary: Summary, expected: int | None, what: str, strict: bool) -> int:
+    """Print the outcome and check the image count; return the script's exit code.
+
+    Args:
+        summary: result of :func:`convert_samples`.
+        expected: official number of images of the split (None: no check).
+        what: dataset and split, for the messages.
+        strict: a count mismatch is an error (exit code 2) instead of a warning.
+    """
+    print(f"{what}: {summary.converted} converted, {summary.skipped} already done.")
+    if summary.missing:
+        shown = ", ".join(summary.missing[:5]) + (" ..." if len(summary.missing) > 5 else "")
+        print(
+            f"WARNING: {what}: {len(summary.missing)} listed images lack their image or label "
+            f"file in the release and were left out: {shown}",
+            file=sys.stderr,
+        )
+    if expected is not None and summary.done != expected:
+        level = "ERROR" if strict else "WARNING"
+        print(
+            f"{level}: {what}: {summary.done} images prepared, the official split has {expected}. "
+            "Is the release complete? Scores on a partial split are not comparable to "
+            "published numbers.",
+            file=sys.stderr,
+        )
+        return EXIT_COUNT_MISMATCH if strict else EXIT_OK
+    if expected is not None:
+        print(f"{what}: image count {summary.done} matches the official split.")
+    return EXIT_OK
+
+
+def require_dir(path: Path, what: str, hint: str) -> Path:
+    """Return ``path`` if it is a folder, else raise FileNotFoundError naming it and a hint."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} not found: {path} is not a folder. {hint}")
+    return path
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Read a split file (one image id per line, blank lines ignored)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"split file not found: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,57 @@
+"""The dense CLIP image tower as a detectron2 backbone (docs/DESIGN.md, registries)."""
+
+from __future__ import annotations
+
+import logging
+
+from detectron2.config import configurable
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from torch import Tensor
+
+from .clip import DenseCLIPEncoder, build_dense_encoder, create_clip
+from .finetune import apply_finetune_policy
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CLIPDenseBackbone"]
+
+
+@BACKBONE_REGISTRY.register()
+class CLIPDenseBackbone(Backbone):
+    """CLIP image tower read out densely; one output feature map named "clip".
+
+    Input: CLIP-normalised images (B, 3, H, W), H and W multiples of ``size_divisibility``.
+    Output: ``{"clip": (B, D, H / stride, W / stride)}``, not normalised.
+
+    Args:
+        encoder: the dense encoder (its ``visual`` is the open_clip image tower).
+    """
+
+    @configurable
+    def __init__(self, *, encoder: DenseCLIPEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    @classmethod
+    def from_config(cls, cfg, input_shape=None) -> dict:
+        clip = cfg.MODEL.CLIP
+        model = create_clip(
+            clip.MODEL_NAME,
+            pretrained=clip.PRETRAINED,
+            model_config=clip.MODEL_CONFIG,
+            cache_dir=clip.CACHE_DIR,
+            force_quick_gelu=clip.FORCE_QUICK_GELU,
+        )
+        encoder = build_dense_encoder(model.visual, clip.DENSE_VARIANT)
+        apply_finetune_policy(encoder, clip.FINETUNE)
+        return {"encoder": encoder}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"clip": self.encoder(x)}
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {"clip": ShapeSpec(channels=self.encoder.out_channels, stride=self.encoder.stride)}
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.encoder.stride

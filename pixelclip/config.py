@@ -54,7 +54,7 @@ def add_pixelclip_config(cfg: CN) -> None:
     cfg.MODEL.PIXELCLIP = CN()
     # Side of the square grid on which masks, teacher features and targets meet (pixels).
     cfg.MODEL.PIXELCLIP.MASK_RESOLUTION = 256
-    # Multiplier (EPS) of mask-to-prompt cosine similarities before Sinkhorn: 100 (ViT), 1 (ConvNeXt); > 0.
+    # Multiplier (EPS) of mask-to-prompt cosines before Sinkhorn: 100 (ViT), 1 (ConvNeXt); > 0.
     cfg.MODEL.PIXELCLIP.TEMPERATURE = 100.0
     # Number of Sinkhorn-Knopp iterations; >= 1.
     cfg.MODEL.PIXELCLIP.SINKHORN_ITERS = 3
@@ -67,7 +67,7 @@ def add_pixelclip_config(cfg: CN) -> None:
 
     # ------------------------------------------------------------------------------ inference
     cfg.MODEL.PIXELCLIP.TEST = CN()
-    # Inference protocol: "whole" (square CLIP_RESOLUTION, the reference) or "slide" (sliding window).
+    # Inference protocol: "whole" (square CLIP input, the reference) or "slide" (sliding window).
     cfg.MODEL.PIXELCLIP.TEST.PROTOCOL = "whole"
     # Side of the grid dense features are upsampled to before the cosine ("whole" protocol).
     cfg.MODEL.PIXELCLIP.TEST.FEATURE_RESOLUTION = 64

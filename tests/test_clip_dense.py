@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_tiny_clip
 
-from pixelclip.modeling.clip import DENSE_VARIANTS, build_dense_encoder
+from pixelclip.modeling.dense import DENSE_VARIANTS, build_dense_encoder
 
 
 def _images(b=2, h=64, w=64, seed=1):

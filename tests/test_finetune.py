@@ -2,7 +2,7 @@
 
 import pytest
 
-from pixelclip.modeling.clip import build_dense_encoder
+from pixelclip.modeling.dense import build_dense_encoder
 from pixelclip.modeling.finetune import FINETUNE_POLICIES, apply_finetune_policy
 
 # The tiny ViT has 2 blocks (configs/clip_models/tiny-vit.json).

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from pixelclip.modeling.clip import build_dense_encoder
+from pixelclip.modeling.dense import build_dense_encoder
 from pixelclip.modeling.teacher import MomentumTeacher
 
 

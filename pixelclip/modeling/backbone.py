@@ -8,8 +8,9 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from torch import Tensor
 
-from .clip import DenseCLIPEncoder, build_dense_encoder, create_clip
-from .finetune import apply_finetune_policy
+from .clip import create_clip_from_config
+from .dense import DENSE_VARIANTS, DenseCLIPEncoder, build_dense_encoder
+from .finetune import FINETUNE_POLICIES, apply_finetune_policy
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +35,17 @@ class CLIPDenseBackbone(Backbone):
 
     @classmethod
     def from_config(cls, cfg, input_shape=None) -> dict:
-        clip = cfg.MODEL.CLIP
-        model = create_clip(
-            clip.MODEL_NAME,
-            pretrained=clip.PRETRAINED,
-            model_config=clip.MODEL_CONFIG,
-            cache_dir=clip.CACHE_DIR,
-            force_quick_gelu=clip.FORCE_QUICK_GELU,
-        )
-        encoder = build_dense_encoder(model.visual, clip.DENSE_VARIANT)
-        apply_finetune_policy(encoder, clip.FINETUNE)
+        variant, policy = cfg.MODEL.CLIP.DENSE_VARIANT, cfg.MODEL.CLIP.FINETUNE
+        if variant not in DENSE_VARIANTS:
+            raise ValueError(
+                f"unknown MODEL.CLIP.DENSE_VARIANT {variant!r}; choose from {DENSE_VARIANTS}"
+            )
+        if policy not in FINETUNE_POLICIES:
+            raise ValueError(
+                f"unknown MODEL.CLIP.FINETUNE {policy!r}; choose from {FINETUNE_POLICIES}"
+            )
+        encoder = build_dense_encoder(create_clip_from_config(cfg).visual, variant)
+        apply_finetune_policy(encoder, policy)
         return {"encoder": encoder}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

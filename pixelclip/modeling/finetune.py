@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .clip import ConvNeXtDenseEncoder, DenseCLIPEncoder, ViTDenseEncoder
+from .dense import ConvNeXtDenseEncoder, DenseCLIPEncoder, ViTDenseEncoder
 
 logger = logging.getLogger(__name__)
 

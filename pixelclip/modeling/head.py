@@ -15,28 +15,17 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
 from ..inference.vocabulary import PROMPT_ENSEMBLES, VocabularyEmbedder, prompt_templates
-from .clip import create_clip
+from .clip import create_clip_from_config
 from .decoder import ConvHead
 from .text import CLIPTextEncoder, LearnablePrompts
-
-
-def clip_from_config(cfg) -> nn.Module:
-    """The open_clip model named by ``cfg.MODEL.CLIP`` (loaded with its weights, if any)."""
-    return create_clip(
-        cfg.MODEL.CLIP.MODEL_NAME,
-        pretrained=cfg.MODEL.CLIP.PRETRAINED,
-        model_config=cfg.MODEL.CLIP.MODEL_CONFIG,
-        cache_dir=cfg.MODEL.CLIP.CACHE_DIR,
-        force_quick_gelu=cfg.MODEL.CLIP.FORCE_QUICK_GELU,
-    )
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class PixelCLIPHead(nn.Module):
     """Frozen CLIP text tower + learnable class prompts + training-only decoder.
 
-    State-dict layout: ``text.*`` (open_clip's text-tower names), ``prompts.prompt_tokens`` (k, l, W)
-    and ``decoder.*`` (the reference ConvHead names).
+    State-dict layout: ``text.*`` (open_clip's text-tower names), ``prompts.prompt_tokens``
+    (k, l, W) and ``decoder.*`` (the reference ConvHead names).
     """
 
     @configurable
@@ -58,7 +47,12 @@ class PixelCLIPHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape=None):
-        clip = clip_from_config(cfg)
+        ensemble = cfg.MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE
+        try:
+            templates = prompt_templates(ensemble)
+        except ValueError as e:
+            raise ValueError(f"MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE: {e}") from None
+        clip = create_clip_from_config(cfg)
         tokenizer = open_clip.get_tokenizer(cfg.MODEL.CLIP.MODEL_NAME)
         text_encoder = CLIPTextEncoder.from_clip(clip, tokenizer)
         return {
@@ -72,7 +66,7 @@ class PixelCLIPHead(nn.Module):
                 seed=max(cfg.SEED, 0),
             ),
             "decoder": ConvHead(cfg.MODEL.PIXELCLIP.DECODER_CHANNELS),
-            "prompt_templates": prompt_templates(cfg.MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE),
+            "prompt_templates": templates,
             "embedding_cache_dir": cfg.MODEL.PIXELCLIP.TEST.EMBEDDING_CACHE_DIR,
         }
 
@@ -96,5 +90,5 @@ class PixelCLIPHead(nn.Module):
         return self.decoder(cost)
 
     def class_embeddings(self, class_names: list[str]) -> torch.Tensor:
-        """L2-normalised text embeddings (C, D) of a vocabulary, with the prompt ensemble; cached."""
+        """L2-normalised text embeddings (C, D) of a vocabulary, with the prompt ensemble."""
         return self.vocabulary_embedder(self.text, class_names, self.prompt_templates)

@@ -35,35 +35,50 @@ PROTOCOLS = ("whole", "slide")
 MASK_SOURCES = ("sa1b", "dino")
 
 
-def _check(condition: bool, key: str, value, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"invalid {key} = {value!r}; expected {allowed}")
-
-
 def validate_config(cfg, stride: int) -> None:
     """Fail at build time, naming the key, on values the model cannot work with."""
-    c = cfg.MODEL
-    _check(c.PROMPT.NUM_CLUSTERS >= 2, "MODEL.PROMPT.NUM_CLUSTERS", c.PROMPT.NUM_CLUSTERS, ">= 2")
-    _check(c.PROMPT.LENGTH >= 1, "MODEL.PROMPT.LENGTH", c.PROMPT.LENGTH, ">= 1")
-    temperature = c.PIXELCLIP.TEMPERATURE
-    _check(temperature > 0, "MODEL.PIXELCLIP.TEMPERATURE", temperature, "> 0")
-    _check(c.PIXELCLIP.SINKHORN_ITERS >= 1, "MODEL.PIXELCLIP.SINKHORN_ITERS", c.PIXELCLIP.SINKHORN_ITERS, ">= 1")
-    _check(0.0 <= c.PIXELCLIP.MOMENTUM <= 1.0, "MODEL.PIXELCLIP.MOMENTUM", c.PIXELCLIP.MOMENTUM, "in [0, 1]")
-    _check(c.PIXELCLIP.MASK_RESOLUTION >= 1, "MODEL.PIXELCLIP.MASK_RESOLUTION", c.PIXELCLIP.MASK_RESOLUTION, ">= 1")
-    resolution = c.CLIP.RESOLUTION
-    _check(
-        resolution > 0 and resolution % stride == 0,
-        "MODEL.CLIP.RESOLUTION",
-        resolution,
-        f"a positive multiple of the image tower's stride {stride}",
-    )
-    _check(c.PIXELCLIP.PRECISION in PRECISIONS, "MODEL.PIXELCLIP.PRECISION", c.PIXELCLIP.PRECISION, f"one of {sorted(PRECISIONS)}")
-    protocol = c.PIXELCLIP.TEST.PROTOCOL
-    _check(protocol in PROTOCOLS, "MODEL.PIXELCLIP.TEST.PROTOCOL", protocol, f"one of {PROTOCOLS}")
-    crop, step = c.PIXELCLIP.TEST.SLIDE_CROP, c.PIXELCLIP.TEST.SLIDE_STRIDE
-    _check(crop > 0 and crop % stride == 0, "MODEL.PIXELCLIP.TEST.SLIDE_CROP", crop, f"a positive multiple of {stride}")
-    _check(0 < step <= crop, "MODEL.PIXELCLIP.TEST.SLIDE_STRIDE", step, f"in (0, SLIDE_CROP={crop}]")
-    _check(cfg.INPUT.MASK_SOURCE in MASK_SOURCES, "INPUT.MASK_SOURCE", cfg.INPUT.MASK_SOURCE, f"one of {MASK_SOURCES}")
+    m, test = cfg.MODEL, cfg.MODEL.PIXELCLIP.TEST
+    crop = test.SLIDE_CROP
+    checks = [
+        ("MODEL.PROMPT.NUM_CLUSTERS", m.PROMPT.NUM_CLUSTERS >= 2, ">= 2"),
+        ("MODEL.PROMPT.LENGTH", m.PROMPT.LENGTH >= 1, ">= 1"),
+        ("MODEL.PIXELCLIP.TEMPERATURE", m.PIXELCLIP.TEMPERATURE > 0, "> 0"),
+        ("MODEL.PIXELCLIP.SINKHORN_ITERS", m.PIXELCLIP.SINKHORN_ITERS >= 1, ">= 1"),
+        ("MODEL.PIXELCLIP.MOMENTUM", 0.0 <= m.PIXELCLIP.MOMENTUM <= 1.0, "in [0, 1]"),
+        ("MODEL.PIXELCLIP.MASK_RESOLUTION", m.PIXELCLIP.MASK_RESOLUTION >= 1, ">= 1"),
+        (
+            "MODEL.CLIP.RESOLUTION",
+            m.CLIP.RESOLUTION > 0 and m.CLIP.RESOLUTION % stride == 0,
+            f"a positive multiple of the image tower's stride {stride}",
+        ),
+        (
+            "MODEL.PIXELCLIP.PRECISION",
+            m.PIXELCLIP.PRECISION in PRECISIONS,
+            f"one of {list(PRECISIONS)}",
+        ),
+        ("MODEL.PIXELCLIP.TEST.PROTOCOL", test.PROTOCOL in PROTOCOLS, f"one of {list(PROTOCOLS)}"),
+        (
+            "MODEL.PIXELCLIP.TEST.SLIDE_CROP",
+            crop > 0 and crop % stride == 0,
+            f"a positive multiple of {stride}",
+        ),
+        (
+            "MODEL.PIXELCLIP.TEST.SLIDE_STRIDE",
+            0 < test.SLIDE_STRIDE <= crop,
+            f"in (0, SLIDE_CROP={crop}]",
+        ),
+        (
+            "INPUT.MASK_SOURCE",
+            cfg.INPUT.MASK_SOURCE in MASK_SOURCES,
+            f"one of {list(MASK_SOURCES)}",
+        ),
+    ]
+    for key, ok, allowed in checks:
+        if not ok:
+            value = cfg
+            for part in key.split("."):
+                value = value[part]
+            raise ValueError(f"invalid {key} = {value!r}; expected {allowed}")
 
 
 @META_ARCH_REGISTRY.register()
@@ -179,7 +194,7 @@ class PixelCLIP(nn.Module):
         return (image - self.pixel_mean) / self.pixel_std
 
     def _clip_input(self, images: list[torch.Tensor], size: int) -> torch.Tensor:
-        """Normalise and squash every image to ``size`` x ``size`` (bilinear) -> (B, 3, size, size)."""
+        """Normalise and squash every image to ``size`` x ``size`` (bilinear): (B, 3, S, S)."""
         shapes = {tuple(im.shape[-2:]) for im in images}
         if len(shapes) == 1:  # the usual case: one batched resize
             batch = torch.stack([self._normalize(im) for im in images])
@@ -188,7 +203,12 @@ class PixelCLIP(nn.Module):
             return F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
         return torch.cat(
             [
-                F.interpolate(self._normalize(im)[None], size=(size, size), mode="bilinear", align_corners=False)
+                F.interpolate(
+                    self._normalize(im)[None],
+                    size=(size, size),
+                    mode="bilinear",
+                    align_corners=False,
+                )
                 for im in images
             ]
         )
@@ -261,7 +281,9 @@ class PixelCLIP(nn.Module):
         for x, score in zip(batched_inputs, scores):
             height = x.get("height", x["image"].shape[-2])
             width = x.get("width", x["image"].shape[-1])
-            score = F.interpolate(score[None].float(), size=(height, width), mode="bilinear", align_corners=False)
+            score = F.interpolate(
+                score[None].float(), size=(height, width), mode="bilinear", align_corners=False
+            )
             results.append({"sem_seg": score[0]})
         return results
 
@@ -274,7 +296,9 @@ class PixelCLIP(nn.Module):
         images = self._clip_input([x["image"] for x in batched_inputs], self.clip_resolution)
         features = self.backbone(images)["clip"]
         side = self.test_feature_resolution
-        features = F.interpolate(features.float(), size=(side, side), mode="bilinear", align_corners=False)
+        features = F.interpolate(
+            features.float(), size=(side, side), mode="bilinear", align_corners=False
+        )
         return list(self._cosine(features, classes))
 
     def _slide(self, x: dict, classes: torch.Tensor) -> torch.Tensor:

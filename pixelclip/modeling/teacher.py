@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from .clip import DenseCLIPEncoder
+from .dense import DenseCLIPEncoder
 
 __all__ = ["MomentumTeacher"]
 

@@ -1,0 +1,260 @@
+"""The PixelCLIP meta-architecture end to end with a tiny random CLIP: training signal, gradients,
+inference contract of detectron2 (every image, original size), both protocols, bf16, DINO masks,
+config validation."""
+
+import itertools
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.engine import SimpleTrainer
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from conftest import MODEL_CONFIGS
+from pixelclip.config import add_pixelclip_config
+from pixelclip.solver import build_optimizer
+
+GRID = 32
+
+
+def tiny_cfg(name: str = "tiny-vit", **overrides):
+    cfg = get_cfg()
+    add_pixelclip_config(cfg)
+    cfg.merge_from_file(str(MODEL_CONFIGS.parent / "Base-PixelCLIP.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.CLIP.MODEL_NAME = name
+    cfg.MODEL.CLIP.MODEL_CONFIG = str(MODEL_CONFIGS / f"{name}.json")
+    cfg.MODEL.CLIP.PRETRAINED = ""
+    cfg.MODEL.CLIP.FORCE_QUICK_GELU = False
+    cfg.MODEL.CLIP.RESOLUTION = 64
+    cfg.MODEL.PIXELCLIP.MASK_RESOLUTION = GRID
+    cfg.MODEL.PIXELCLIP.TEST.FEATURE_RESOLUTION = 16
+    cfg.MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE = "single"
+    cfg.MODEL.PIXELCLIP.TEST.SLIDE_CROP = 32
+    cfg.MODEL.PIXELCLIP.TEST.SLIDE_STRIDE = 16
+    cfg.MODEL.PROMPT.NUM_CLUSTERS = 8
+    cfg.SEED = 0
+    if name == "tiny-convnext":
+        cfg.MODEL.CLIP.FINETUNE = "full"
+        cfg.MODEL.CLIP.RESOLUTION = 64
+        cfg.MODEL.PIXELCLIP.TEMPERATURE = 1.0
+        cfg.MODEL.PIXELCLIP.TEST.SLIDE_CROP = 64
+        cfg.MODEL.PIXELCLIP.TEST.SLIDE_STRIDE = 32
+    for key, value in overrides.items():
+        node = cfg
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return cfg
+
+
+def training_batch(seed: int = 0, num_images: int = 2, masks_per_image=(5, 3)):
+    """Images with a few rectangles and the rectangles as class-agnostic masks."""
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for i in range(num_images):
+        image = torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8)
+        n = masks_per_image[i % len(masks_per_image)]
+        masks = torch.zeros(n, GRID, GRID, dtype=torch.bool)
+        for j in range(n):
+            y, x = torch.randint(0, GRID - 8, (2,), generator=g).tolist()
+            h, w = torch.randint(4, 12, (2,), generator=g).tolist()
+            masks[j, y : y + h, x : x + w] = True
+            image[:, 2 * y : 2 * (y + h), 2 * x : 2 * (x + w)] = 40 * (j + 1)
+        valid = torch.ones(GRID, GRID, dtype=torch.bool)
+        valid[:4, :4] = False
+        strong = (image.float() * 0.8).to(torch.uint8)
+        batch.append(
+            {
+                "image": image,
+                "image_strong": strong,
+                "masks": masks,
+                "valid": valid,
+                "height": 64,
+                "width": 64,
+            }
+        )
+    return batch
+
+
+@pytest.fixture(scope="module")
+def vit_model():
+    return build_model(tiny_cfg())
+
+
+def _loss(model, batch):
+    model.train()
+    with torch.no_grad(), EventStorage():
+        return model(batch)["loss_masks"].item()
+
+
+def test_training_through_detectron2_trainer_lowers_the_loss():
+    cfg = tiny_cfg(**{"SOLVER.BASE_LR": 0.01})
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+    model = build_model(cfg)
+    batch = training_batch()
+    before = _loss(model, batch)
+    trainer = SimpleTrainer(model, itertools.repeat(batch), build_optimizer(cfg, model))
+    trainer.train(0, 3)
+    after = _loss(model, batch)
+    assert torch.isfinite(torch.tensor(before)) and after < before
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-convnext"])
+def test_gradients_reach_exactly_the_trainable_parameters(name):
+    model = build_model(tiny_cfg(name))
+    model.train()
+    with EventStorage():
+        loss = model(training_batch())["loss_masks"]
+    loss.backward()
+    got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert got == trainable
+    assert "sem_seg_head.prompts.prompt_tokens" in got
+    assert any(n.startswith("sem_seg_head.decoder.") for n in got)
+    assert not any(n.startswith(("sem_seg_head.text.", "teacher.")) for n in trainable)
+    if name == "tiny-vit":
+        visual = {n for n in got if n.startswith("backbone.")}
+        assert "backbone.encoder.visual.positional_embedding" in visual
+        assert all(".attn." in n or n.endswith("positional_embedding") for n in visual)
+    else:
+        assert len([n for n in got if n.startswith("backbone.")]) == len(
+            [n for n, _ in model.backbone.named_parameters()]
+        )
+
+
+def test_teacher_follows_the_student_by_ema(vit_model):
+    model = vit_model
+    student = dict(model.backbone.encoder.named_parameters())
+    with torch.no_grad():
+        student["visual.positional_embedding"].add_(1.0)
+    teacher = dict(model.teacher.encoder.named_parameters())
+    before = teacher["visual.positional_embedding"].detach().clone()
+    _loss(model, training_batch())
+    expected = 0.999 * before + 0.001 * student["visual.positional_embedding"].detach()
+    torch.testing.assert_close(teacher["visual.positional_embedding"], expected)
+    assert not model.teacher.training
+    with torch.no_grad():
+        student["visual.positional_embedding"].sub_(1.0)
+
+
+def test_an_image_without_masks_and_a_batch_without_masks_train(vit_model):
+    batch = training_batch(masks_per_image=(0, 3))
+    assert batch[0]["masks"].shape == (0, GRID, GRID)
+    assert torch.isfinite(torch.tensor(_loss(vit_model, batch)))
+    empty = training_batch(masks_per_image=(0,))
+    vit_model.train()
+    with EventStorage():
+        loss = vit_model(empty)["loss_masks"]
+    loss.backward()  # connected to the graph even with nothing to learn from
+    assert loss.item() == 0.0
+
+
+@pytest.mark.parametrize("protocol", ["whole", "slide"])
+def test_inference_returns_every_image_at_its_original_size(protocol):
+    model = build_model(tiny_cfg(**{"MODEL.PIXELCLIP.TEST.PROTOCOL": protocol})).eval()
+    model.set_vocabulary(["cat", "dog, puppy", "grass"])
+    g = torch.Generator().manual_seed(0)
+    inputs = [
+        {
+            "image": torch.randint(0, 256, (3, 48, 80), generator=g, dtype=torch.uint8),
+            "height": 96,
+            "width": 160,
+        },
+        {"image": torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8)},
+        {"image": torch.randint(0, 256, (3, 20, 24), generator=g, dtype=torch.uint8)},
+    ]
+    outputs = model(inputs)
+    assert [tuple(o["sem_seg"].shape) for o in outputs] == [(3, 96, 160), (3, 64, 64), (3, 20, 24)]
+    assert all(torch.isfinite(o["sem_seg"]).all() for o in outputs)
+    # one image alone gives the same scores as inside a batch
+    alone = model(inputs[1:2])[0]["sem_seg"]
+    torch.testing.assert_close(alone, outputs[1]["sem_seg"], rtol=1e-4, atol=1e-5)
+
+
+def test_whole_protocol_matches_a_direct_computation(vit_model):
+    model = vit_model.eval()
+    names = ["red", "green"]
+    model.set_vocabulary(names)
+    image = torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8)
+    out = model([{"image": image, "height": 40, "width": 56}])[0]["sem_seg"]
+    # independent computation of METHOD §9's reference protocol
+    x = (image.float() - model.pixel_mean) / model.pixel_std
+    x = torch.nn.functional.interpolate(
+        x[None], size=(64, 64), mode="bilinear", align_corners=False
+    )
+    with torch.no_grad():
+        feats = model.backbone.encoder(x)
+        feats = torch.nn.functional.interpolate(
+            feats, size=(16, 16), mode="bilinear", align_corners=False
+        )
+        feats = torch.nn.functional.normalize(feats, dim=1)
+        text = model.sem_seg_head.class_embeddings(names)
+        cos = torch.einsum("bdhw,cd->bchw", feats, text)
+        expected = torch.nn.functional.interpolate(
+            cos, size=(40, 56), mode="bilinear", align_corners=False
+        )[0]
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_vocabulary_can_change_at_run_time(vit_model):
+    model = vit_model.eval()
+    image = {"image": torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)}
+    model.set_vocabulary(["a", "b"])
+    assert model([image])[0]["sem_seg"].shape[0] == 2
+    model.set_vocabulary(["a", "b", "c", "d"])
+    assert model([image])[0]["sem_seg"].shape[0] == 4
+
+
+def test_missing_vocabulary_is_a_clear_error():
+    model = build_model(tiny_cfg()).eval()
+    with pytest.raises(ValueError, match="no vocabulary"):
+        model([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}])
+    with pytest.raises(ValueError):
+        model.set_vocabulary([])
+
+
+def test_bf16_autocast_trains_and_infers():
+    model = build_model(tiny_cfg(**{"MODEL.PIXELCLIP.PRECISION": "bf16"}))
+    model.train()
+    with EventStorage():
+        loss = model(training_batch())["loss_masks"]
+    loss.backward()
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    model.eval().set_vocabulary(["a", "b"])
+    out = model([{"image": torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)}])[0]["sem_seg"]
+    assert out.shape == (2, 32, 48) and out.dtype == torch.float32
+
+
+def test_dino_mask_source_trains_without_mask_files():
+    cfg = tiny_cfg(
+        **{"INPUT.MASK_SOURCE": "dino", "MODEL.DINO.RESOLUTION": 64, "MODEL.DINO.NUM_CLUSTERS": 4}
+    )
+    model = build_model(cfg)
+    batch = training_batch()
+    for x in batch:
+        x["masks"] = torch.zeros(0, GRID, GRID, dtype=torch.bool)  # the mapper delivers none
+    assert model.mask_generator is not None
+    assert _loss(model, batch) > 0
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MODEL.PROMPT.NUM_CLUSTERS", 1),
+        ("MODEL.PROMPT.LENGTH", 0),
+        ("MODEL.PIXELCLIP.TEMPERATURE", 0.0),
+        ("MODEL.CLIP.RESOLUTION", 70),
+        ("MODEL.CLIP.FINETUNE", "lora"),
+        ("MODEL.CLIP.DENSE_VARIANT", "fancy"),
+        ("MODEL.PIXELCLIP.TEST.PROTOCOL", "tiles"),
+        ("MODEL.PIXELCLIP.PRECISION", "fp8"),
+        ("INPUT.MASK_SOURCE", "felzenszwalb"),
+        ("MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE", "none"),
+    ],
+)
+def test_impossible_config_values_name_the_key(key, value):
+    with pytest.raises(ValueError, match=key.split(".")[-1]):
+        build_model(tiny_cfg(**{key: value}))

@@ -1,0 +1,291 @@
+"""Training mapper: one dataset dict -> weak view, strong view, masks (docs/METHOD.md §8).
+
+Order of operations:
+
+1. Read the image with detectron2's ``read_image`` (EXIF orientation applied; grayscale, palette
+   and RGBA images converted to RGB -- alpha is dropped, not composited).
+2. Weak view: detectron2 augmentations -- resize the shortest edge (INPUT.MIN_SIZE_TRAIN, at most
+   INPUT.MAX_SIZE_TRAIN on the long edge), random crop (INPUT.CROP), SSD colour augmentation
+   (INPUT.COLOR_AUG_SSD), flip (INPUT.RANDOM_FLIP).
+3. Strong view: :class:`~pixelclip.data.augment.StrongAugmentation` applied on top of the weak
+   view (same crop and flip, so the student and the teacher see the same geometry).
+4. Padding: when the resized image is smaller than an absolute crop (only for extreme aspect
+   ratios whose long edge hits MAX_SIZE_TRAIN), both views are padded on the bottom / right to the
+   crop size with ``pad_value`` (CLIP's mean colour, 0 after normalisation, as detectron2's
+   ``ImageList`` pads); the padding is False in ``valid`` and in every mask. Every sample of a
+   batch therefore has the same size.
+5. Masks: every SA-1B mask is read directly on the S x S grid of the padded crop, without decoding
+   it at full resolution (:mod:`pixelclip.data.masks`); the result *equals* resizing each full
+   mask with detectron2's transforms (PIL NEAREST), cropping, flipping, and resizing to S x S with
+   PyTorch ``nearest`` (the model's rule, METHOD §4.2). Then the cutout box is removed, empty
+   masks are dropped and the largest MAX_MASKS_PER_IMAGE masks (by area on the grid, stable
+   order on ties) are kept.
+
+Bad samples (unreadable image or JSON, no annotations, mask sizes that disagree with the image)
+are logged with the file name and the mapper returns None; detectron2's ``MapDataset`` then
+draws another sample. ``skip_bad_samples=False`` raises instead (for debugging).
+
+Masks are defined on the EXIF-corrected image (SA-1B images carry no EXIF rotation; masks
+written by our tools are made on ``read_image``'s output). A mask whose size disagrees with the
+corrected image is rejected, never stretched.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from .augment import RandomColorAugSSD, StrongAugmentation
+from .masks import RLEFormatError, grid_source_indices, sample_rle_masks, torch_nearest_indices
+from .sa1b import SA1BFormatError, load_sa1b_annotations
+
+__all__ = ["SA1BDatasetMapper", "BadSampleError", "build_weak_augmentations"]
+
+logger = logging.getLogger(__name__)
+
+MASK_SOURCES = ("sa1b", "dino")
+
+
+class BadSampleError(ValueError):
+    """A training sample that cannot be used (the message names the file)."""
+
+
+def build_weak_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
+    """The weak view's augmentations from ``cfg.INPUT`` (resize, crop, SSD colour, flip)."""
+    augs: list[T.Augmentation] = [
+        T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        )
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    if cfg.INPUT.COLOR_AUG_SSD:
+        augs.append(RandomColorAugSSD(cfg.INPUT.FORMAT))
+    flip = cfg.INPUT.RANDOM_FLIP
+    if flip not in ("none", "horizontal", "vertical"):
+        raise ValueError(
+            f"unknown INPUT.RANDOM_FLIP {flip!r}; choose from none, horizontal, vertical"
+        )
+    if flip != "none":
+        augs.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
+    return augs
+
+
+class SA1BDatasetMapper:
+    """Maps an SA-1B (or image-folder) dataset dict to the training inputs of PixelCLIP.
+
+    See the module docstring for the pipeline. Output of ``__call__`` (None for a bad sample):
+
+    - ``"image"``: uint8 Tensor[3, H, W], the weak view (channel order ``image_format``).
+    - ``"image_strong"``: uint8 Tensor[3, H, W], the strong view (the weak view itself when the
+      strong augmentation is disabled).
+    - ``"masks"``: bool Tensor[N, S, S], S = ``mask_resolution``, in the crop's geometry, cutout and
+      padding removed, non-empty, largest first, N <= ``max_masks`` (if > 0); (0, S, S) for
+      ``mask_source="dino"``.
+    - ``"valid"``: bool Tensor[S, S], False inside the cutout box and the padding.
+    - ``"height"``, ``"width"``: size of the original (EXIF-corrected) image; ``"file_name"``,
+      ``"image_id"``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        augmentations: Sequence[T.Augmentation | T.Transform],
+        image_format: str = "RGB",
+        mask_source: str = "sa1b",
+        mask_resolution: int = 256,
+        max_masks: int = 0,
+        strong_augmentation: StrongAugmentation | None = None,
+        pad_size: tuple[int, int] | None = None,
+        pad_value: Sequence[int] = (123, 117, 104),
+        skip_bad_samples: bool = True,
+    ) -> None:
+        """
+        Args:
+            augmentations: detectron2 augmentations of the weak view (geometry limited to
+                resize, crop and flips; see :func:`~pixelclip.data.masks.grid_source_indices`).
+            image_format: "RGB" or "BGR".
+            mask_source: "sa1b" (masks from the JSON) or "dino" (masks made by the model; no JSON).
+            mask_resolution: side S of the mask grid.
+            max_masks: keep at most this many masks, the largest first (0 = all).
+            strong_augmentation: the student's view; None = the weak view, no cutout.
+            pad_size: (H, W) to pad both views to when they are smaller (None = no padding).
+            pad_value: fill colour of the padding, in ``image_format`` order.
+            skip_bad_samples: log and return None on a bad sample (True) or raise (False).
+        """
+        if mask_source not in MASK_SOURCES:
+            raise ValueError(f"unknown mask source {mask_source!r}; choose from {MASK_SOURCES}")
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"unknown image format {image_format!r}; choose from 'RGB', 'BGR'")
+        self.augmentations = T.AugmentationList(list(augmentations))
+        self.image_format = image_format
+        self.mask_source = mask_source
+        self.mask_resolution = int(mask_resolution)
+        self.max_masks = int(max_masks)
+        self.strong_augmentation = strong_augmentation
+        self.pad_size = tuple(pad_size) if pad_size else None
+        self.pad_value = tuple(int(v) for v in pad_value)
+        self.skip_bad_samples = skip_bad_samples
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict[str, Any]:
+        if not is_train:
+            raise ValueError("SA1BDatasetMapper builds training samples only (is_train=False)")
+        # MODEL.PIXEL_MEAN is in INPUT.FORMAT's channel order, as everywhere in detectron2.
+        pad_value = [round(v) for v in cfg.MODEL.PIXEL_MEAN]
+        strong = None
+        if cfg.INPUT.STRONG_AUG.ENABLED:
+            strong = StrongAugmentation(
+                color_jitter=cfg.INPUT.STRONG_AUG.COLOR_JITTER,
+                color_jitter_prob=cfg.INPUT.STRONG_AUG.COLOR_JITTER_PROB,
+                grayscale_prob=cfg.INPUT.STRONG_AUG.GRAYSCALE_PROB,
+                blur_sigma=cfg.INPUT.STRONG_AUG.BLUR_SIGMA,
+                blur_prob=cfg.INPUT.STRONG_AUG.BLUR_PROB,
+                cutout_scale=cfg.INPUT.STRONG_AUG.CUTOUT_SCALE,
+                fill=pad_value,
+            )
+        crop = cfg.INPUT.CROP
+        pad_size = tuple(crop.SIZE) if crop.ENABLED and crop.TYPE == "absolute" else None
+        return {
+            "augmentations": build_weak_augmentations(cfg),
+            "image_format": cfg.INPUT.FORMAT,
+            "mask_source": cfg.INPUT.MASK_SOURCE,
+            "mask_resolution": cfg.MODEL.PIXELCLIP.MASK_RESOLUTION,
+            "max_masks": cfg.INPUT.MAX_MASKS_PER_IMAGE,
+            "strong_augmentation": strong,
+            "pad_size": pad_size,
+            "pad_value": pad_value,
+        }
+
+    def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any] | None:
+        """Map one dataset dict (``file_name`` and, for SA-1B masks, ``annotation_file``).
+
+        Returns:
+            the training sample described in the class docstring, or None for a bad sample.
+        """
+        dataset_dict = copy.deepcopy(dataset_dict)
+        try:
+            return self._map(dataset_dict)
+        except BadSampleError as e:
+            if not self.skip_bad_samples:
+                raise
+            logger.warning("Skipping a training sample: %s", e)
+            return None
+
+    def _map(self, d: dict[str, Any]) -> dict[str, Any]:
+        file_name = d["file_name"]
+        try:
+            image = utils.read_image(file_name, format=self.image_format)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on bad files
+            raise BadSampleError(f"{file_name}: cannot read the image ({e})") from e
+        height, width = image.shape[:2]
+        segmentations: list[dict] = []
+        if self.mask_source == "sa1b":
+            segmentations = self._load_segmentations(d, height, width)
+
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        weak = torch.from_numpy(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        strong, box = weak, None
+        if self.strong_augmentation is not None:
+            strong, box = self.strong_augmentation(weak)
+
+        content_h, content_w = weak.shape[-2:]
+        frame_h, frame_w = content_h, content_w
+        if self.pad_size is not None:
+            frame_h, frame_w = max(frame_h, self.pad_size[0]), max(frame_w, self.pad_size[1])
+        weak, strong = self._pad(weak, frame_h, frame_w), self._pad(strong, frame_h, frame_w)
+
+        valid = self._valid_grid(content_h, content_w, frame_h, frame_w, box)
+        s = self.mask_resolution
+        if segmentations:
+            rows, cols = grid_source_indices(transforms, (height, width), (frame_h, frame_w), s)
+            try:
+                masks = sample_rle_masks(segmentations, rows, cols, source=d["annotation_file"])
+            except RLEFormatError as e:
+                raise BadSampleError(str(e)) from e
+            masks &= valid[None]
+            masks = self._select(masks)
+        else:
+            masks = np.zeros((0, s, s), dtype=bool)
+
+        d.update(
+            image=weak,
+            image_strong=strong,
+            masks=torch.from_numpy(masks),
+            valid=torch.from_numpy(valid),
+            height=height,
+            width=width,
+            image_id=d.get("image_id", file_name),
+        )
+        return d
+
+    def _load_segmentations(self, d: dict[str, Any], height: int, width: int) -> list[dict]:
+        json_file = d.get("annotation_file")
+        if not json_file:
+            raise BadSampleError(f"{d['file_name']}: the dataset dict has no 'annotation_file'")
+        try:
+            segmentations, info = load_sa1b_annotations(json_file)
+        except SA1BFormatError as e:
+            raise BadSampleError(str(e)) from e
+        if not segmentations:
+            raise BadSampleError(f"{json_file}: no annotations")
+        if info is not None and "height" in info and "width" in info:
+            if (int(info["height"]), int(info["width"])) != (height, width):
+                raise BadSampleError(
+                    f"{json_file}: 'image' says {info['height']}x{info['width']}, but "
+                    f"{d['file_name']} is {height}x{width} (after EXIF orientation)"
+                )
+        for i, seg in enumerate(segmentations):
+            size = seg["size"]
+            if not (isinstance(size, (list, tuple)) and list(size) == [height, width]):
+                raise BadSampleError(
+                    f"{json_file}: annotation {i} has size {size}, but {d['file_name']} is "
+                    f"{height}x{width} (after EXIF orientation)"
+                )
+        return segmentations
+
+    def _pad(self, image: torch.Tensor, frame_h: int, frame_w: int) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        if (h, w) == (frame_h, frame_w):
+            return image
+        out = torch.tensor(self.pad_value, dtype=image.dtype)[:, None, None].repeat(
+            1, frame_h, frame_w
+        )
+        out[:, :h, :w] = image
+        return out
+
+    def _valid_grid(
+        self,
+        content_h: int,
+        content_w: int,
+        frame_h: int,
+        frame_w: int,
+        box: tuple[int, int, int, int] | None,
+    ) -> np.ndarray:
+        """bool (S, S): grid points on the image (not padding) and outside the cutout box."""
+        rows = torch_nearest_indices(frame_h, self.mask_resolution)
+        cols = torch_nearest_indices(frame_w, self.mask_resolution)
+        valid = (rows < content_h)[:, None] & (cols < content_w)[None, :]
+        if box is not None:
+            y0, x0, y1, x1 = box
+            valid &= ~(((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None])
+        return valid
+
+    def _select(self, masks: np.ndarray) -> np.ndarray:
+        """Drop empty masks; keep the ``max_masks`` largest (stable on ties)."""
+        areas = masks.sum(axis=(1, 2))
+        order = np.argsort(-areas, kind="stable")
+        order = order[areas[order] > 0]
+        if self.max_masks > 0:
+            order = order[: self.max_masks]
+        return masks[order]

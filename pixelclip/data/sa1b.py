@@ -1,0 +1,316 @@
+"""Training datasets without semantic labels: SA-1B (image + mask JSON) and plain image folders.
+
+Both are registered lazily in detectron2's ``DatasetCatalog``: registration stores a function,
+and no file is touched until the dataset is requested (``DatasetCatalog.get``), so importing
+``pixelclip`` works without any data on disk.
+
+SA-1B layout (the release layout, https://ai.meta.com/datasets/segment-anything/)::
+
+    $DETECTRON2_DATASETS/sa1b/          (or DATASETS.SA1B.ROOT)
+      sa_000000/sa_1.jpg  sa_000000/sa_1.json  ...      one folder per release tar
+      sa_000001/...
+      (images directly in the root are found too)
+
+Dataset dicts hold ``file_name``, ``annotation_file`` and ``image_id`` (the file stem, e.g.
+"sa_1"); no ``height`` / ``width``: reading them would mean opening ~500k JSONs at listing time,
+so the mapper reports them from the decoded image instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+__all__ = [
+    "SA1BFormatError",
+    "default_sa1b_root",
+    "list_sa1b_images",
+    "load_sa1b_dicts",
+    "load_sa1b_annotations",
+    "register_sa1b",
+    "register_sa1b_from_config",
+    "register_all_sa1b",
+    "load_image_folder_dicts",
+    "register_image_folder",
+]
+
+logger = logging.getLogger(__name__)
+
+SA1B_TRAIN = "sa1b_train"
+SA1B_IMAGE_SUFFIXES = (".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class SA1BFormatError(ValueError):
+    """An SA-1B annotation file is missing, unreadable or not in the SA-1B format."""
+
+
+def default_sa1b_root() -> str:
+    """``$DETECTRON2_DATASETS/sa1b`` (``datasets/sa1b`` when the variable is unset)."""
+    return os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "sa1b")
+
+
+def _existing_root(root: str | os.PathLike | None, what: str) -> Path:
+    path = Path(root) if root else Path(default_sa1b_root())
+    if not path.is_dir():
+        env = os.getenv("DETECTRON2_DATASETS")
+        raise FileNotFoundError(
+            f"{what} folder {str(path)!r} does not exist (DETECTRON2_DATASETS="
+            f"{env!r}); put the data in $DETECTRON2_DATASETS/sa1b or set DATASETS.SA1B.ROOT"
+        )
+    return path
+
+
+def _natural_key(path: str) -> list[Any]:
+    """Sort key ordering "sa_2" before "sa_10"."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def _read_subset(subset: str | os.PathLike, root: Path) -> list[str]:
+    path = Path(subset)
+    if not path.is_file() and not path.is_absolute() and (root / path).is_file():
+        path = root / path
+    if not path.is_file():
+        raise FileNotFoundError(f"SA-1B subset list {str(subset)!r} not found (nor under {root})")
+    entries = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            entries.append(line)
+    if not entries:
+        raise ValueError(f"SA-1B subset list {str(path)!r} names no image")
+    return entries
+
+
+def _scan(root: Path, suffixes: Iterable[str]) -> list[str]:
+    """Images in ``root`` and its immediate sub-folders, as sorted relative POSIX paths."""
+    suffixes = tuple(suffixes)
+    found = []
+    with os.scandir(root) as it:
+        entries = sorted(it, key=lambda e: _natural_key(e.name))
+    for entry in entries:
+        if entry.is_dir():
+            with os.scandir(entry.path) as sub:
+                names = [e.name for e in sub if e.name.lower().endswith(suffixes)]
+            found.extend(f"{entry.name}/{n}" for n in sorted(names, key=_natural_key))
+        elif entry.name.lower().endswith(suffixes):
+            found.append(entry.name)
+    return found
+
+
+def list_sa1b_images(
+    root: str | os.PathLike, subset: str | os.PathLike | None = None, max_images: int = 0
+) -> list[str]:
+    """Relative paths of the SA-1B images to use, in a deterministic order.
+
+    Args:
+        root: the SA-1B root folder.
+        subset: optional text file (absolute, relative to the working directory, or relative to
+            ``root``) with one entry per line (``#`` starts a comment): an image id ("sa_1",
+            "sa_1.jpg"), found by listing the root, or a path relative to the root
+            ("sa_000000/sa_1.jpg"), used without listing; kept in the file's order.
+        max_images: keep only the first ``max_images`` images (0 = all).
+
+    Returns:
+        POSIX paths relative to ``root``.
+
+    Raises:
+        FileNotFoundError: the root or the subset file is missing, or no image was found.
+    """
+    root = _existing_root(root, "SA-1B root")
+    if subset:
+        entries = _read_subset(subset, root)
+        listing: dict[str, str] | None = None
+        paths = []
+        missing = []
+        for entry in entries:
+            if not entry.lower().endswith(SA1B_IMAGE_SUFFIXES):
+                entry += ".jpg"
+            if "/" in entry:
+                paths.append(entry)
+                continue
+            if listing is None:  # list the root only when a bare id needs resolving
+                listing = {p.rsplit("/", 1)[-1]: p for p in _scan(root, SA1B_IMAGE_SUFFIXES)}
+            if entry in listing:
+                paths.append(listing[entry])
+            else:
+                missing.append(entry)
+        if missing:
+            logger.warning(
+                "%d of %d images of the SA-1B subset %s are not under %s (e.g. %s)",
+                len(missing), len(entries), subset, root, ", ".join(missing[:3]),
+            )  # fmt: skip
+    else:
+        paths = _scan(root, SA1B_IMAGE_SUFFIXES)
+    if max_images > 0:
+        paths = paths[:max_images]
+    if not paths:
+        raise FileNotFoundError(f"no SA-1B image (*.jpg) found under {str(root)!r}")
+    return paths
+
+
+def load_sa1b_dicts(
+    root: str | os.PathLike | None = None,
+    subset: str | os.PathLike | None = None,
+    max_images: int = 0,
+) -> list[dict[str, Any]]:
+    """Dataset dicts of SA-1B (see the module docstring); ``root=None`` = :func:`default_sa1b_root`.
+
+    Returns:
+        dicts with ``file_name`` (the JPEG), ``annotation_file`` (the JSON next to it) and
+        ``image_id`` (the file stem).
+    """
+    root_path = _existing_root(root, "SA-1B root")
+    dicts = []
+    for rel in list_sa1b_images(root_path, subset, max_images):
+        image = root_path / rel
+        dicts.append(
+            {
+                "file_name": str(image),
+                "annotation_file": str(image.with_suffix(".json")),
+                "image_id": image.stem,
+            }
+        )
+    logger.info("Loaded %d SA-1B images from %s", len(dicts), root_path)
+    return dicts
+
+
+def load_sa1b_annotations(json_file: str | os.PathLike) -> tuple[list[dict], dict | None]:
+    """The segmentations and the ``image`` entry of one SA-1B JSON.
+
+    Args:
+        json_file: path of ``sa_N.json``.
+
+    Returns:
+        ``(segmentations, image_info)``: the ``segmentation`` dict (COCO RLE) of every
+        annotation, in file order, and the ``image`` entry (None when absent).
+
+    Raises:
+        SA1BFormatError: the file is missing, not JSON, or not in the SA-1B format; the message
+            names the file and what was expected.
+    """
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError as e:
+        raise SA1BFormatError(f"{json_file}: annotation file not found") from e
+    except (OSError, ValueError) as e:  # ValueError covers JSONDecodeError / UnicodeDecodeError
+        raise SA1BFormatError(f"{json_file}: cannot read the annotation JSON ({e})") from e
+    anns = record.get("annotations") if isinstance(record, dict) else None
+    if not isinstance(anns, list):
+        raise SA1BFormatError(f"{json_file}: expected a JSON object with an 'annotations' list")
+    segmentations = []
+    for i, ann in enumerate(anns):
+        seg = ann.get("segmentation") if isinstance(ann, dict) else None
+        if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
+            raise SA1BFormatError(
+                f"{json_file}: annotations[{i}] needs 'segmentation': "
+                "{'size': [h, w], 'counts': ...} (COCO RLE)"
+            )
+        segmentations.append(seg)
+    info = record.get("image")
+    return segmentations, info if isinstance(info, dict) else None
+
+
+def _register(name: str, loader, **metadata: Any) -> None:
+    """Register ``loader`` under ``name``, replacing an earlier registration of that name."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(**metadata)
+
+
+def register_sa1b(
+    name: str = SA1B_TRAIN,
+    root: str | os.PathLike | None = None,
+    subset: str | os.PathLike | None = None,
+    max_images: int = 0,
+) -> None:
+    """Register SA-1B as ``name`` (lazily; re-registering a name replaces it).
+
+    Args:
+        name: dataset name for ``DATASETS.TRAIN``.
+        root: SA-1B root; None = ``$DETECTRON2_DATASETS/sa1b``, resolved when the dataset is
+            loaded (not now).
+        subset: optional subset list (see :func:`list_sa1b_images`).
+        max_images: cap on the number of images (0 = no cap).
+    """
+    root = os.fspath(root) if root else None
+    subset = os.fspath(subset) if subset else None
+    _register(
+        name,
+        lambda: load_sa1b_dicts(root, subset, max_images),
+        root=root or "$DETECTRON2_DATASETS/sa1b",
+        evaluator_type="none",
+    )
+
+
+def register_sa1b_from_config(cfg: CfgNode, name: str = SA1B_TRAIN) -> None:
+    """Re-register ``name`` with ``cfg.DATASETS.SA1B.{ROOT, SUBSET, MAX_IMAGES}``."""
+    register_sa1b(
+        name,
+        root=cfg.DATASETS.SA1B.ROOT or None,
+        subset=cfg.DATASETS.SA1B.SUBSET or None,
+        max_images=int(cfg.DATASETS.SA1B.MAX_IMAGES),
+    )
+
+
+def register_all_sa1b() -> None:
+    """Register "sa1b_train" at ``$DETECTRON2_DATASETS/sa1b`` unless it is registered already."""
+    if SA1B_TRAIN not in DatasetCatalog.list():
+        register_sa1b(SA1B_TRAIN)
+
+
+def load_image_folder_dicts(root: str | os.PathLike, max_images: int = 0) -> list[dict[str, Any]]:
+    """Dataset dicts of every image under ``root`` (recursively, sorted), for DINO masks.
+
+    Returns:
+        dicts with ``file_name`` and ``image_id`` (path relative to ``root`` without suffix);
+        the size is left to the mapper, which decodes the image anyway.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing or holds no image.
+    """
+    path = Path(root)
+    if not path.is_dir():
+        raise FileNotFoundError(f"image folder {str(path)!r} does not exist")
+    files = []
+    for folder, subdirs, names in os.walk(path):
+        subdirs.sort()
+        files.extend(
+            os.path.join(folder, n)
+            for n in sorted(names, key=_natural_key)
+            if n.lower().endswith(IMAGE_SUFFIXES)
+        )
+    if max_images > 0:
+        files = files[:max_images]
+    if not files:
+        raise FileNotFoundError(f"no image ({', '.join(IMAGE_SUFFIXES)}) found under {str(path)!r}")
+    return [
+        {
+            "file_name": f,
+            "image_id": Path(os.path.relpath(f, path)).with_suffix("").as_posix(),
+        }
+        for f in files
+    ]
+
+
+def register_image_folder(name: str, root: str | os.PathLike, max_images: int = 0) -> None:
+    """Register every image under ``root`` as the training dataset ``name`` (lazily).
+
+    Meant for ``INPUT.MASK_SOURCE: "dino"``, where masks are computed online and no annotation
+    file is needed.
+    """
+    root = os.fspath(root)
+    _register(
+        name, lambda: load_image_folder_dicts(root, max_images), root=root, evaluator_type="none"
+    )

@@ -117,8 +117,8 @@ def add_pixelclip_config(cfg: CN) -> None:
     cfg.MODEL.DINO.NUM_CLUSTERS = 16
     # Number of k-means iterations.
     cfg.MODEL.DINO.KMEANS_ITERS = 20
-    # Side of the square image given to DINO, in pixels (multiple of 16).
-    cfg.MODEL.DINO.RESOLUTION = 448
+    # Side of the square image given to DINO, in pixels (multiple of 16); 640 = the reference grid.
+    cfg.MODEL.DINO.RESOLUTION = 640
 
     # SA-1B location and subset.
     cfg.DATASETS.SA1B = CN()

@@ -335,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     dino.add_argument(
         "--dino-resolution",
         type=int,
-        default=448,
-        help="square input side of the DINO ViT (multiple of 16)",
+        default=640,
+        help="square input side of the DINO ViT (multiple of 16; default: %(default)s)",
     )
     dino.add_argument("--seed", type=int, default=0, help="k-means seed")
     return p

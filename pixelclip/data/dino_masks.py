@@ -10,8 +10,8 @@ Differences from the reference PixelCLIP code, all deliberate:
 
 - The ViT is built by timm (``vit_small_patch16_224.dino``, same parameter names as the official
   ``dino_deitsmall16_pretrain.pth``) from a local weight file; nothing is fetched via torch.hub.
-- The image is resized to a fixed square ``resolution`` (default 448, a 28x28 grid); the
-  reference feeds the weak view at its own size (640x640, a 40x40 grid). timm resizes the 14x14
+- The image is resized to a fixed square ``resolution`` (default 640, a 40x40 grid: the grid the
+  reference gets from its 640x640 weak view; any image size works). timm resizes the 14x14
   positional table on the fly (bicubic), like DINO's own ``interpolate_pos_encoding``.
 - k-means is our batched torch implementation (:func:`kmeans`): spherical k-means (cosine) with
   k-means++ seeding from a local generator; the reference uses ``fast_pytorch_kmeans`` (euclidean
@@ -181,7 +181,7 @@ class DinoMaskGenerator(nn.Module):
         weights: str = "",
         num_clusters: int = 16,
         kmeans_iters: int = 20,
-        resolution: int = 448,
+        resolution: int = 640,
         seed: int = 0,
         model_kwargs: dict[str, Any] | None = None,
     ):
@@ -271,7 +271,7 @@ class DinoMaskGenerator(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         x = images.to(device=self.pixel_mean.device, dtype=torch.float32) / 255.0
-        # Antialiasing keeps large downscales (user photos -> 448) from aliasing.
+        # Antialiasing keeps large downscales (user photos -> 640) from aliasing.
         x = F.interpolate(
             x,
             size=(self.resolution, self.resolution),

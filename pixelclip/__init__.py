@@ -6,5 +6,6 @@ datasets) and does nothing else: no disk access, no network, no seeding, no devi
 
 from . import data, modeling  # noqa: F401  (registration)
 from .config import add_pixelclip_config
+from .inference import Predictor
 
-__all__ = ["add_pixelclip_config"]
+__all__ = ["Predictor", "add_pixelclip_config"]

@@ -43,7 +43,6 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from pixelclip import add_pixelclip_config
-from pixelclip.data.benchmarks import BENCHMARKS, register_all_benchmarks
 from pixelclip.engine import Trainer
 from pixelclip.evaluation import tables
 from pixelclip.evaluation.evaluate import (
@@ -143,13 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def ensure_benchmarks_registered() -> None:
-    """Register the benchmarks of pixelclip.data.benchmarks unless they already are."""
-    registered = set(DatasetCatalog.list())
-    if not all(spec.name in registered for spec in BENCHMARKS):
-        register_all_benchmarks()
-
-
 def resolve_benchmarks(names: list[str]) -> list[str]:
     """Dataset names of aliases/names, in order, without duplicates.
 
@@ -195,7 +187,6 @@ def run_worker(args: argparse.Namespace, command: str) -> dict | None:
             setup_logger(output=args.output, distributed_rank=comm.get_rank(), name=name)
     cfg = setup_cfg(args)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
-    ensure_benchmarks_registered()
     if args.baseline and not cfg.MODEL.CLIP.PRETRAINED:
         logger.warning("--baseline with MODEL.CLIP.PRETRAINED '': CLIP has random weights")
     model = None
@@ -243,7 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--config-file: no file {args.config_file}")
     if args.weights and not Path(args.weights).is_file():
         parser.error(f"--weights: no checkpoint file {args.weights}")
-    ensure_benchmarks_registered()
     try:
         args.benchmarks = resolve_benchmarks(args.benchmarks)
     except ValueError as e:

@@ -49,6 +49,7 @@ __all__ = [
     "TOYWORLD_STUFF",
     "TOYWORLD_THINGS",
     "ToyWorldBatch",
+    "caption_min_pixels",
     "generate_toyworld",
     "load_toyworld_sem_seg_dicts",
     "load_toyworld_train_dicts",
@@ -115,11 +116,11 @@ def _sample(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
             [
                 rng.uniform(0.1, 0.9, _MAX_THINGS) * s,
                 rng.uniform(0.1, 0.9, _MAX_THINGS) * s,
-                rng.uniform(0.11, 0.24, _MAX_THINGS) * s,
+                rng.uniform(0.14, 0.3, _MAX_THINGS) * s,
                 rng.uniform(0, 2 * np.pi, _MAX_THINGS),
             ],
             axis=1,
-        ),  # fmt: skip
+        ),
         "thing_jit": rng.uniform(-0.08, 0.08, (_MAX_THINGS, 3)),
         "cell_xy": np.where(
             (np.arange(_MAX_CELLS) < n_cells)[:, None], rng.uniform(0, s, (_MAX_CELLS, 2)), 1e6
@@ -186,8 +187,8 @@ def _thing_parts(c: int, u, v, rot) -> np.ndarray:
         au, av = np.abs(ur), np.abs(vr)
         out[((au <= 0.27) & (av <= 0.95)) | ((av <= 0.27) & (au <= 0.95))] = 0
     else:  # car: body + cabin, black wheels, light window (upright)
-        out[((np.abs(u) <= 1) & (v >= -0.1) & (v <= 0.35)) | ((np.abs(u) <= 0.5) & (v >= -0.5))
-            & (v < -0.1)] = 0  # fmt: skip
+        out[(np.abs(u) <= 1) & (v >= -0.1) & (v <= 0.35)] = 0  # body
+        out[(np.abs(u) <= 0.5) & (v >= -0.5) & (v < -0.1)] = 0  # cabin
         out[(np.abs(u) <= 0.4) & (v >= -0.42) & (v <= -0.15)] = 2
         out[np.minimum(np.hypot(u - 0.55, v - 0.4), np.hypot(u + 0.55, v - 0.4)) <= 0.22] = 1
     return out
@@ -346,18 +347,10 @@ def write_toyworld(
         The metadata written to ``root/meta.json``.
     """
     root = Path(root)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "image_size": int(image_size),
-        "seed": int(seed),
-        "num_train": int(num_train),
-        "num_dev": int(num_dev),
-        "num_test": int(num_test),
-        "class_names": list(TOYWORLD_CLASSES),
-        "stuff_classes": list(TOYWORLD_STUFF),
-        "thing_classes": list(TOYWORLD_THINGS),
-        "ignore_label": IGNORE_LABEL,
-    }
+    meta = {"format_version": FORMAT_VERSION, "image_size": int(image_size), "seed": int(seed),
+            "num_train": int(num_train), "num_dev": int(num_dev), "num_test": int(num_test),
+            "class_names": list(TOYWORLD_CLASSES), "stuff_classes": list(TOYWORLD_STUFF),
+            "thing_classes": list(TOYWORLD_THINGS), "ignore_label": IGNORE_LABEL}  # fmt: skip
     meta_path = root / "meta.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -413,48 +406,31 @@ def _read_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-def load_toyworld_sem_seg_dicts(root: str | os.PathLike, split: str) -> list[dict[str, Any]]:
-    """detectron2 dicts of a labelled split: file_name, sem_seg_file_name, height, width, image_id."""
-    if split not in ("dev", "test"):
-        raise ValueError(f"split {split!r} has no labels; choose from ('dev', 'test')")
-    root = Path(root)
+def _list_split(root: Path, split: str, folder: str, key: str, companion) -> list[dict[str, Any]]:
+    """Dicts of every PNG in ``root/split/folder`` with ``key`` = ``companion(path)``."""
     size = _read_meta(root)["image_size"]
     dicts = []
-    for path in sorted((root / split / "images").glob("*.png")):
-        label = root / split / "labels" / path.name
-        if not label.is_file():
-            raise FileNotFoundError(f"label map {label} missing for image {path}")
-        dicts.append(
-            {
-                "file_name": str(path),
-                "sem_seg_file_name": str(label),
-                "height": size,
-                "width": size,
-                "image_id": int(path.stem),
-            }  # fmt: skip
-        )
+    for path in sorted((root / split / folder).glob("*.png")):
+        other = companion(path)
+        if not other.is_file():
+            raise FileNotFoundError(f"{other} missing for image {path}")
+        dicts.append({"file_name": str(path), key: str(other), "image_id": path.stem,
+                      "height": size, "width": size})  # fmt: skip
     return dicts
+
+
+def load_toyworld_sem_seg_dicts(root: str | os.PathLike, split: str) -> list[dict[str, Any]]:
+    """detectron2 dicts of dev or test: file_name, sem_seg_file_name, image_id, height, width."""
+    if split not in ("dev", "test"):
+        raise ValueError(f"split {split!r} has no labels; choose from ('dev', 'test')")
+    labels = Path(root) / split / "labels"
+    return _list_split(Path(root), split, "images", "sem_seg_file_name", lambda p: labels / p.name)
 
 
 def load_toyworld_train_dicts(root: str | os.PathLike) -> list[dict[str, Any]]:
-    """SA-1B-style dicts of the train split: file_name, annotation_file, image_id, height, width."""
-    root = Path(root)
-    size = _read_meta(root)["image_size"]
-    dicts = []
-    for path in sorted((root / "train").glob("*.png")):
-        ann = path.with_suffix(".json")
-        if not ann.is_file():
-            raise FileNotFoundError(f"mask file {ann} missing for image {path}")
-        dicts.append(
-            {
-                "file_name": str(path),
-                "annotation_file": str(ann),
-                "image_id": int(path.stem),
-                "height": size,
-                "width": size,
-            }  # fmt: skip
-        )
-    return dicts
+    """SA-1B-style dicts of the train split: file_name, annotation_file, image_id (the file stem,
+    as in ``pixelclip.data.sa1b``), height, width."""
+    return _list_split(Path(root), "train", "", "annotation_file", lambda p: p.with_suffix(".json"))
 
 
 def register_toyworld(root: str | os.PathLike, prefix: str = "toyworld") -> list[str]:

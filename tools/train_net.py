@@ -10,9 +10,9 @@ Trailing KEY VALUE pairs override config keys. On a machine without CUDA, --num-
 CPU processes that train with gloo.
 """
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
+from pixelclip.checkpoint import PixelCLIPCheckpointer
 from pixelclip.engine import Trainer, setup
 
 
@@ -20,7 +20,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        PixelCLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)

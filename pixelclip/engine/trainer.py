@@ -14,7 +14,6 @@ import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (
@@ -29,6 +28,7 @@ from detectron2.evaluation import SemSegEvaluator, inference_on_dataset, print_c
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import PixelCLIPCheckpointer
 from ..config import add_pixelclip_config
 from ..data.mapper import SA1BDatasetMapper
 from ..data.sa1b import register_sa1b_from_config
@@ -66,7 +66,7 @@ class Trainer(DefaultTrainer):
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
+        self.checkpointer = PixelCLIPCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         self.start_iter = 0
@@ -120,7 +120,9 @@ def setup(args) -> CfgNode:
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE is %r but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
+        logger.warning(
+            "MODEL.DEVICE is %r but CUDA is not available: using the CPU", cfg.MODEL.DEVICE
+        )
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)

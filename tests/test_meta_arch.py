@@ -6,12 +6,12 @@ import itertools
 
 import pytest
 import torch
+from conftest import MODEL_CONFIGS
 from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from conftest import MODEL_CONFIGS
 from pixelclip.config import add_pixelclip_config
 from pixelclip.solver import build_optimizer
 

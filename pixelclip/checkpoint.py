@@ -5,8 +5,9 @@
 * :func:`is_reference_state_dict` / :func:`convert_reference_state_dict` recognise and convert the
   state dict of the reference PixelCLIP code (github.com/cvlab-kaist/PixelCLIP, the layout is
   described in docs/REFERENCE_CHECKPOINT.md) into ours, reporting every key they drop or cannot map.
-* :class:`PixelCLIPCheckpointer` is detectron2's ``DetectionCheckpointer`` that reads files safely
-  and converts reference checkpoints on the fly, so ``MODEL.WEIGHTS pixelclip_vit_base.pth`` works.
+* :class:`PixelCLIPCheckpointer` is detectron2's ``DetectionCheckpointer`` that reads files safely,
+  converts reference checkpoints on the fly (so ``MODEL.WEIGHTS pixelclip_vit_base.pth`` works) and
+  writes checkpoints atomically (a run killed while saving resumes from the previous checkpoint).
 * :func:`to_open_clip_state_dict` turns our state dict back into a plain open_clip CLIP state dict.
 """
 
@@ -18,9 +19,11 @@ import os
 import pickle
 import re
 import tempfile
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -125,10 +128,48 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return data
 
 
+def _fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """``write(f)`` into a hidden ``.<name>.<random>.tmp`` next to ``path``, fsync, rename.
+
+    A crash at any point leaves either the old ``path`` or the new one, never a partial file;
+    at worst a stale ``.tmp`` file stays behind (removed by the next checkpoint save).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Opened with "x" rather than mkstemp, so the file gets the usual umask-based permissions.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def atomic_save(
     path: str | os.PathLike, data: dict, verify: Callable[[str], None] | None = None
 ) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename (never half-written).
+
+    The temporary file is flushed to disk (fsync) before the rename.
 
     Args:
         path: ``.safetensors`` (``data`` must then map names to tensors) or any other suffix
@@ -149,14 +190,20 @@ def atomic_save(
 
             # safetensors refuses views and shared storage: write independent contiguous copies.
             save_file({k: v.detach().contiguous().clone() for k, v in data.items()}, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         else:
-            torch.save(data, tmp)
+            with open(tmp, "wb") as f:
+                torch.save(data, f)
+                f.flush()
+                os.fsync(f.fileno())
         if verify is not None:
             verify(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 # ------------------------------------------------------------------------ reference layout
@@ -384,13 +431,60 @@ class PixelCLIPCheckpointer(DetectionCheckpointer):
       (whose parameter order is the reference's) is dropped, and it must then match the model
       exactly (missing or unexpected keys are an error naming them).
     * A checkpoint with a student image tower but no teacher initialises the teacher from the
-      student (logged). Everything else behaves as in ``DetectionCheckpointer``.
+      student (logged).
+    * :meth:`save` and :meth:`tag_last_checkpoint` write a temporary file, fsync it and rename it,
+      and the ``last_checkpoint`` tag is only moved once the checkpoint is complete: a process
+      killed while saving leaves the previous checkpoint tagged, and ``--resume`` uses it.
+
+    Everything else behaves as in ``DetectionCheckpointer`` (which saves the model state dict --
+    student, teacher, prompts, decoder -- and the trainer's iteration, optimizer, scheduler and
+    AMP scaler).
     """
 
     _REFERENCE_FLAG = "__pixelclip_reference__"
 
     def _torch_load(self, f: str) -> dict:
         return read_checkpoint(f)
+
+    def save(self, name: str, **kwargs) -> None:
+        """Write ``<save_dir>/<name>.pth`` atomically, then tag it as the last checkpoint.
+
+        Args:
+            name: file name without ``.pth``.
+            kwargs: extra entries saved in the file (as in fvcore's ``Checkpointer.save``).
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if "://" in str(self.save_dir):  # a remote path_manager URI: no local rename available
+            super().save(name, **kwargs)
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        self._remove_stale_temporaries()
+        _write_atomically(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Point ``<save_dir>/last_checkpoint`` at ``last_filename_basename`` (atomically)."""
+        if "://" in str(self.save_dir):
+            super().tag_last_checkpoint(last_filename_basename)
+            return
+        _write_atomically(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename.encode()),
+        )
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete temporary files left by a save that was killed (only this process saves)."""
+        folder = Path(self.save_dir)
+        for stale in [*folder.glob(".*.pth.*.tmp"), *folder.glob(".last_checkpoint.*.tmp")]:
+            logger.info("Removing %s, left by an interrupted checkpoint save", stale)
+            stale.unlink(missing_ok=True)
 
     def _load_file(self, filename: str) -> dict:
         if filename.endswith((".pkl", ".pyth")):

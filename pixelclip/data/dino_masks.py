@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,13 @@ def load_dino_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
         state: Any = load_file(str(path), device="cpu")
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ValueError(
+                f"{path}: refused to load DINO weights holding objects other than tensors "
+                f"(weights_only=True): {e}"
+            ) from None
     # The official full checkpoint holds both networks; the teacher is the one DINO evaluates.
     for key in ("teacher", "state_dict", "model", "student"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):

@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -33,6 +33,7 @@ from ..config import add_pixelclip_config
 from ..data.mapper import SA1BDatasetMapper
 from ..data.sa1b import register_sa1b_from_config
 from ..solver import build_optimizer
+from .resume import DeterministicResumeHook, build_resumable_train_loader
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=SA1BDatasetMapper(cfg, is_train=True))
+        # A sampler that --resume can fast-forward (detectron2's restarts from its first index).
+        return build_resumable_train_loader(cfg, mapper=SA1BDatasetMapper(cfg, is_train=True))
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        sampler = getattr(self._trainer.data_loader, "resumable_sampler", None)
+        resume = DeterministicResumeHook(sampler, self.cfg.SOLVER.IMS_PER_BATCH, self.cfg.SEED)
+        return [resume, *hooks]
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -155,7 +155,10 @@ class PixelCLIP(nn.Module):
             )
         vocabulary = list(cfg.MODEL.PIXELCLIP.TEST.VOCABULARY)
         if cfg.MODEL.PIXELCLIP.TEST.VOCABULARY_FILE:
-            vocabulary = load_vocabulary(cfg.MODEL.PIXELCLIP.TEST.VOCABULARY_FILE)
+            try:
+                vocabulary = load_vocabulary(cfg.MODEL.PIXELCLIP.TEST.VOCABULARY_FILE)
+            except (ValueError, FileNotFoundError) as e:
+                raise type(e)(f"MODEL.PIXELCLIP.TEST.VOCABULARY_FILE: {e}") from None
         return {
             "backbone": backbone,
             "sem_seg_head": head,

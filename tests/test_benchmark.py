@@ -1,0 +1,154 @@
+"""tools/benchmark.py with tiny settings: the JSON report's schema and arithmetic, the yardstick
+mapper's agreement with the real one, target judgement, bad arguments. Timings are never
+asserted."""
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location(
+        "pixelclip_benchmark_tool", REPO / "tools" / "benchmark.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_tool()
+SPECS = ["matmul:fp32", "train:vit:base:fp32", "infer:vit:whole:fp32", "mapper"]
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    threads = torch.get_num_threads()
+    argv = ["--quick", "--in-process", "--threads", "1", "--repeats", "3", "--output", str(out)]
+    bench.main([*argv, "--only", *SPECS])
+    assert torch.get_num_threads() == threads  # the run leaves the process as it found it
+    return json.loads(out.read_text())
+
+
+def test_report_has_the_documented_schema(quick_report):
+    r = quick_report
+    assert r["schema"] == "pixelclip-benchmark/1"
+    assert r["settings"] == {
+        "quick": True,
+        "warmup": 1,
+        "repeats": 3,
+        "threads": 1,
+        "isolated": False,
+    }
+    machine = r["machine"]
+    for key in ("cpu", "logical_cpus", "cpu_flags", "torch", "torch_threads", "env"):
+        assert key in machine
+    assert set(machine["env"]) >= {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"}
+    assert len(r["load_average"]["start"]) == 3 and len(r["load_average"]["end"]) == 3
+    names = [x["name"] for x in r["results"]]
+    assert names == [
+        "matmul:fp32",
+        "train:vit:base:fp32",
+        "infer:vit:whole:fp32",
+        "mapper:ours",
+        "mapper:yardstick",
+    ]
+    for x in r["results"]:
+        assert "error" not in x, x
+        assert len(x["times_s"]) == 3
+        assert x["median_s"] == pytest.approx(statistics.median(x["times_s"]))
+        assert x["min_s"] == min(x["times_s"]) and x["max_s"] == max(x["times_s"])
+        assert x["peak_rss_mb"] > 0
+        assert len(x["load_average"]) == 2
+
+
+def test_flops_and_derived_ratios(quick_report):
+    res = {x["name"]: x for x in quick_report["results"]}
+    matmul = res["matmul:fp32"]
+    n = matmul["settings"]["n"]
+    assert matmul["gflop"] == pytest.approx(2 * n**3 / 1e9)  # n^3 multiply-adds
+    assert matmul["gflops"] == pytest.approx(matmul["gflop"] / matmul["median_s"])
+    train = res["train:vit:base:fp32"]
+    # Lower bound: the patch convolutions of the teacher and student forwards alone, 2 images,
+    # grid^2 patches x (3 x 16 x 16) inputs x width outputs, 2 FLOPs per multiply-add.
+    width = json.loads((REPO / "configs/clip_models/tiny-vit.json").read_text())["vision_cfg"][
+        "width"
+    ]
+    grid = train["settings"]["clip_resolution"] // 16
+    assert train["gflop"] * 1e9 > 2 * 2 * 2 * grid * grid * 3 * 16 * 16 * width
+    assert train["matmul_gflops"] > 0  # the yardstick measured again in the same process
+    assert train["matmul_fraction"] == pytest.approx(
+        train["gflops_achieved"] / train["matmul_gflops"]
+    )
+    infer = res["infer:vit:whole:fp32"]
+    assert infer["settings"]["classes"] == 10 and infer["vocabulary_encoding_s"] > 0
+    ours, yardstick = res["mapper:ours"], res["mapper:yardstick"]
+    assert ours["samples_per_s"] == pytest.approx(1 / ours["median_s"])
+    assert ours["speedup_vs_yardstick"] == pytest.approx(
+        ours["samples_per_s"] / yardstick["samples_per_s"]
+    )
+
+
+def test_yardstick_mapper_produces_the_same_samples(quick_report):
+    yardstick = {x["name"]: x for x in quick_report["results"]}["mapper:yardstick"]
+    assert yardstick["matches_mapper"] is True
+
+
+def test_targets_in_the_report_follow_the_results(quick_report):
+    targets = {t["target"]: t for t in quick_report["targets"]}
+    assert len(targets) == len(bench.TARGETS)
+    train = {x["name"]: x for x in quick_report["results"]}["train:vit:base:fp32"]
+    t = targets["train ViT-B/16 fp32 (s)"]
+    assert t["value"] == train["median_s"] and t["met"] == (train["median_s"] <= 8.0)
+    assert targets["train ViT-B/16 bf16 (s)"]["met"] is None  # not run
+
+
+def test_targets_are_judged_against_the_limits():
+    results = [
+        {
+            "name": "train:vit:base:fp32",
+            "median_s": 8.0,
+            "peak_rss_mb": 3100.0,
+            "matmul_fraction": 0.2,
+        },
+        {"name": "train:vit:base:bf16", "median_s": 4.1},
+        {"name": "mapper:ours", "speedup_vs_yardstick": 3.0},
+    ]
+    got = {t["target"]: t["met"] for t in bench.evaluate_targets(results)}
+    assert got["train ViT-B/16 fp32 (s)"] is True  # the limit itself passes
+    assert got["train ViT-B/16 bf16 (s)"] is False
+    assert got["train ViT-B/16 fp32 peak RSS (MB)"] is False
+    assert got["mapper speed-up over yardstick"] is True
+    assert got["train fp32 / matmul fp32 GFLOP/s"] is False
+    assert got["inference ViT-B/16 fp32 (s)"] is None
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_middle_two():
+    s = bench.summary([3.0, 1.0, 10.0, 2.0])
+    assert (s["median_s"], s["min_s"], s["max_s"]) == (2.5, 1.0, 10.0)
+
+
+def test_isolated_worker_runs_in_its_own_process():
+    args = bench.parse_args(["--quick", "--threads", "1", "--repeats", "1"])
+    result = bench.run_isolated("matmul:fp32", args)
+    assert "error" not in result, result
+    assert result["name"] == "matmul:fp32" and result["peak_rss_mb"] > 0
+    assert result["gflop"] == pytest.approx(2 * 128**3 / 1e9)
+
+
+def test_bad_arguments_fail_with_a_clear_message(capsys):
+    with pytest.raises(SystemExit, match="unknown benchmark 'train:resnet'"):
+        bench.select_specs(["train:resnet"], profile=False)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--repeats", "0"])
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+    assert bench.select_specs(["train:vit:base", "matmul"], False)[:2] == [
+        "matmul:fp32",
+        "matmul:bf16",
+    ]

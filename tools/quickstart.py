@@ -1,0 +1,406 @@
+#!/usr/bin/env python3
+"""ToyWorld quickstart (`make demo`): baseline CLIP vs. PixelCLIP on a synthetic world, on the CPU.
+
+Steps (each printed with its duration):
+  1. build (or reuse) a ToyWorld under ``<output-dir>/world`` (pixelclip.data.toyworld);
+  2. evaluate the small pretrained CLIP ("toy-clip") without PixelCLIP training: the baseline;
+  3. train PixelCLIP with ``tools/train_net.py`` and configs/toyworld/pixelclip_toyclip.yaml, once
+     per seed, on the class-agnostic masks of the train split (no class labels);
+  4. evaluate each trained model with the same evaluator (detectron2's SemSegEvaluator through
+     pixelclip.evaluation.evaluate) on the dev and test splits;
+  5. write ``results.md`` / ``results.json`` (mIoU over all, stuff and thing classes; mean +- std
+     over seeds), the per-run records ``runs/results.{md,json}`` and ``grid.png`` (image | ground
+     truth | baseline | PixelCLIP for a few test images).
+
+Examples:
+  tools/quickstart.py --output-dir output/quickstart
+  tools/quickstart.py --output-dir output/qs3 --seeds 0 1 2
+  tools/quickstart.py --output-dir output/k8 --label "PixelCLIP k=8" MODEL.PROMPT.NUM_CLUSTERS 8
+Trailing KEY VALUE pairs override keys of the config for baseline and training alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "toyworld" / "pixelclip_toyclip.yaml"
+SPLITS = {"dev": "toyworld_dev_sem_seg", "test": "toyworld_test_sem_seg"}
+# Fixed colours of the 14 ToyWorld classes in the grid (RGB), chosen to differ from each other.
+PALETTE = [
+    (135, 206, 250), (34, 139, 34), (0, 0, 205), (238, 214, 175), (105, 105, 105),
+    (255, 255, 255), (220, 20, 60), (160, 82, 45), (0, 100, 0), (255, 215, 0),
+    (255, 0, 255), (0, 206, 209), (0, 0, 0), (138, 43, 226),
+]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--output-dir", default="output/quickstart", help="folder of all outputs")
+    ap.add_argument("--world-dir", default="", help="ToyWorld folder (default: <output-dir>/world)")
+    ap.add_argument("--config-file", default=str(DEFAULT_CONFIG), help="PixelCLIP config (YAML)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    ap.add_argument("--iters", type=int, default=0, help="training iterations (0 = the config's)")
+    ap.add_argument("--num-train", type=int, default=2000, help="train images (masks only)")
+    ap.add_argument("--num-dev", type=int, default=200, help="dev images (labelled)")
+    ap.add_argument("--num-test", type=int, default=400, help="test images (labelled)")
+    ap.add_argument("--world-seed", type=int, default=0, help="seed of the generated world")
+    ap.add_argument("--grid-images", type=int, default=6, help="test images in grid.png (0: none)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 is robust on a "
+        "shared machine; more threads thrash when other jobs hold the cores)",
+    )
+    ap.add_argument("--label", default="PixelCLIP", help="row label of the trained model")
+    ap.add_argument("--skip-baseline", action="store_true", help="do not evaluate the baseline")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 160 train / 40 dev / 40 test images, 60 iterations, 3 grid "
+        "images (used by tests/test_quickstart.py)",
+    )
+    ap.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="KEY VALUE config overrides, e.g. MODEL.PROMPT.NUM_CLUSTERS 8",
+    )
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.num_train, args.num_dev, args.num_test = 160, 40, 40
+        args.iters, args.grid_images = args.iters or 60, min(args.grid_images, 3)
+    if len(args.opts) % 2:
+        ap.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
+    return args
+
+
+class Steps:
+    """Prints numbered steps with their durations."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.times: dict[str, float] = {}
+
+    def run(self, title: str, fn, *a, **kw):
+        print(f"\n==> {title}", flush=True)
+        t = time.perf_counter()
+        out = fn(*a, **kw)
+        self.times[title] = round(time.perf_counter() - t, 1)
+        print(f"<== {title}: {self.times[title]:.1f} s", flush=True)
+        return out
+
+
+def load_train_net():
+    """tools/train_net.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "pixelclip_train_net", REPO / "tools/train_net.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_cfg(config_file: str, opts: list[str], output_dir: str):
+    from detectron2.config import get_cfg
+
+    from pixelclip.config import add_pixelclip_config
+
+    cfg = get_cfg()
+    add_pixelclip_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list([*opts, "OUTPUT_DIR", output_dir])
+    cfg.freeze()
+    return cfg
+
+
+def load_model(cfg, weights: str = ""):
+    """The model of ``cfg`` in eval mode (CLIP from MODEL.CLIP.PRETRAINED), then ``weights``."""
+    from detectron2.modeling import build_model
+
+    from pixelclip.checkpoint import PixelCLIPCheckpointer
+
+    model = build_model(cfg)
+    if weights:
+        PixelCLIPCheckpointer(model).load(weights)
+    return model.eval()
+
+
+def evaluate_splits(cfg, model, output_dir: str) -> dict:
+    """``{split: {"mIoU", "stuff", "things", "metrics"}}`` on dev and test."""
+    from pixelclip.data.toyworld import TOYWORLD_STUFF, TOYWORLD_THINGS
+    from pixelclip.evaluation.evaluate import evaluate, subset_miou
+
+    results = evaluate(cfg, model, list(SPLITS.values()), output_dir=output_dir)
+    out = {}
+    for split, name in SPLITS.items():
+        m = results[name]["metrics"]
+        out[split] = {
+            "mIoU": m["mIoU"],
+            "stuff": subset_miou(m, TOYWORLD_STUFF),
+            "things": subset_miou(m, TOYWORLD_THINGS),
+            "entry": results[name],
+        }
+        print(
+            f"    {split}: mIoU {m['mIoU']:.1f} (stuff {out[split]['stuff']:.1f}, "
+            f"things {out[split]['things']:.1f})"
+        )
+    return out
+
+
+def train(train_net, config_file: str, opts: list[str], output_dir: str, seed: int) -> str:
+    """Train with tools/train_net.py's ``main``; returns the path of model_final.pth."""
+    from detectron2.engine import default_argument_parser
+
+    argv = [
+        "--config-file",
+        config_file,
+        *opts,
+        "OUTPUT_DIR",
+        output_dir,
+        "SEED",
+        str(seed),
+        "DATASETS.TRAIN",
+        '("toyworld_train",)',
+        "DATASETS.TEST",
+        "()",
+    ]
+    # train_net's setup() adds log handlers to these loggers each time; restore them afterwards
+    # so that several seeds do not print every line several times.
+    names = ("detectron2", "pixelclip", "fvcore", "d2")
+    saved = {n: list(logging.getLogger(n).handlers) for n in names}
+    try:
+        train_net.main(default_argument_parser().parse_args(argv))
+    finally:
+        for n, handlers in saved.items():
+            for h in logging.getLogger(n).handlers[:]:
+                if h not in handlers:
+                    logging.getLogger(n).removeHandler(h)
+                    h.close()
+    return os.path.join(output_dir, "model_final.pth")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(baseline: dict | None, trained: list[dict], label: str, seeds: list[int]) -> dict:
+    """Rows of the results table: baseline, each seed, and mean +- std over seeds."""
+    keys = [(s, k) for s in SPLITS for k in ("mIoU", "stuff", "things")]
+    rows = []
+    if baseline is not None:
+        rows.append(
+            {
+                "model": "toy-clip (baseline, no training)",
+                **{f"{s}/{k}": baseline[s][k] for s, k in keys},
+            }
+        )
+    for seed, res in zip(seeds, trained):
+        rows.append({"model": f"{label} (seed {seed})", **{f"{s}/{k}": res[s][k] for s, k in keys}})
+    if len(trained) > 1:
+        row = {"model": f"{label} (mean ± std, {len(trained)} seeds)"}
+        for s, k in keys:
+            row[f"{s}/{k}"], row[f"{s}/{k}_std"] = mean_std([r[s][k] for r in trained])
+        rows.append(row)
+    return {"columns": [f"{s}/{k}" for s, k in keys], "rows": rows}
+
+
+def to_markdown(table: dict, notes: list[str]) -> str:
+    cols = table["columns"]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for row in table["rows"]:
+        cells = []
+        for c in cols:
+            v = row[c]
+            cell = "n/a" if v is None or not math.isfinite(v) else f"{v:.1f}"
+            if f"{c}_std" in row:
+                cell += f" ± {row[c + '_std']:.1f}"
+            cells.append(cell)
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    body = "\n".join(["# ToyWorld quickstart results", "", *lines, ""])
+    return body + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def predict(model, dicts: list[dict]):
+    """Argmax label maps (H, W) uint8 of the given sem-seg dataset dicts (images at full size)."""
+    import numpy as np
+    import torch
+    from detectron2.data.detection_utils import read_image
+
+    out = []
+    with torch.no_grad():
+        for d in dicts:
+            image = read_image(d["file_name"], format="RGB")
+            tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            scores = model([{"image": tensor, "height": d["height"], "width": d["width"]}])
+            out.append(scores[0]["sem_seg"].argmax(0).to(torch.uint8).numpy())
+    return out
+
+
+def write_grid(path: Path, dicts: list[dict], columns: dict[str, list], scale: int = 2) -> None:
+    """PNG: one row per image, columns image | ground truth | each model; a colour legend below."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from pixelclip.data.toyworld import TOYWORLD_CLASSES
+
+    palette = np.array(PALETTE + [(128, 128, 128)] * (256 - len(PALETTE)), dtype=np.uint8)
+    images = [np.asarray(Image.open(d["file_name"]).convert("RGB")) for d in dicts]
+    labels = [np.asarray(Image.open(d["sem_seg_file_name"])) for d in dicts]
+    panels = {"image": images, "ground truth": [palette[x] for x in labels]}
+    panels.update({name: [palette[x] for x in preds] for name, preds in columns.items()})
+    side, pad, head = images[0].shape[0] * scale, 4, 16
+    legend_rows = math.ceil(len(TOYWORLD_CLASSES) / 4)
+    width = len(panels) * (side + pad) + pad
+    height = head + len(dicts) * (side + pad) + pad + legend_rows * 16 + pad
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for c, (title, tiles) in enumerate(panels.items()):
+        x = pad + c * (side + pad)
+        draw.text((x, 2), title, fill=(0, 0, 0))
+        for r, tile in enumerate(tiles):
+            big = Image.fromarray(tile).resize((side, side), Image.NEAREST)
+            canvas.paste(big, (x, head + r * (side + pad)))
+    y0 = head + len(dicts) * (side + pad) + pad
+    col_w = width // 4
+    for i, name in enumerate(TOYWORLD_CLASSES):
+        x, y = pad + (i % 4) * col_w, y0 + (i // 4) * 16
+        draw.rectangle([x, y + 2, x + 10, y + 12], fill=PALETTE[i], outline=(0, 0, 0))
+        draw.text((x + 14, y + 1), name, fill=(0, 0, 0))
+    canvas.save(path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from detectron2.data import DatasetCatalog
+    from detectron2.utils.logger import setup_logger
+
+    from pixelclip.data.toyworld import register_toyworld, write_toyworld
+    from pixelclip.evaluation.tables import make_run, write_results
+
+    setup_logger(name="pixelclip")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    world = Path(args.world_dir or out / "world")
+    opts = list(args.opts) + (["SOLVER.MAX_ITER", str(args.iters)] if args.iters else [])
+    steps = Steps()
+    print(f"ToyWorld quickstart: outputs in {out}, {torch.get_num_threads()} torch thread(s)")
+
+    def build_world():
+        meta = write_toyworld(
+            world,
+            num_train=args.num_train,
+            num_dev=args.num_dev,
+            num_test=args.num_test,
+            seed=args.world_seed,
+        )
+        register_toyworld(world)
+        return meta
+
+    steps.run(f"1. ToyWorld at {world}", build_world)
+    grid_dicts = DatasetCatalog.get(SPLITS["test"])[: args.grid_images]
+    runs, grid_columns, baseline = [], {}, None
+    cfg = build_cfg(args.config_file, opts, str(out / "baseline"))
+    command = " ".join([sys.executable, *sys.argv])
+    if not args.skip_baseline:
+
+        def run_baseline():
+            model = load_model(cfg)
+            res = evaluate_splits(cfg, model, str(out / "baseline"))
+            grid_columns["baseline"] = predict(model, grid_dicts)
+            return res
+
+        baseline = steps.run("2. Baseline: toy-clip without training", run_baseline)
+        runs.append(
+            make_run(
+                "toy-clip (baseline)",
+                {SPLITS[s]: baseline[s]["entry"] for s in SPLITS},
+                protocol=cfg.MODEL.PIXELCLIP.TEST.PROTOCOL,
+                config=cfg.dump(),
+                command=command,
+            )
+        )
+    train_net, trained = load_train_net(), []
+    for seed in args.seeds:
+        folder = str(out / f"seed{seed}")
+        weights = steps.run(
+            f"3. Train {args.label}, seed {seed}",
+            train,
+            train_net,
+            args.config_file,
+            opts,
+            folder,
+            seed,
+        )
+        cfg_s = build_cfg(args.config_file, opts, folder)
+
+        def run_eval(cfg_s=cfg_s, weights=weights, folder=folder, seed=seed):
+            model = load_model(cfg_s, weights)
+            res = evaluate_splits(cfg_s, model, folder)
+            if not trained:  # the grid shows the first seed's model
+                grid_columns[args.label] = predict(model, grid_dicts)
+            return res
+
+        res = steps.run(f"4. Evaluate {args.label}, seed {seed}", run_eval)
+        trained.append(res)
+        runs.append(
+            make_run(
+                f"{args.label} (seed {seed})",
+                {SPLITS[s]: res[s]["entry"] for s in SPLITS},
+                protocol=cfg_s.MODEL.PIXELCLIP.TEST.PROTOCOL,
+                weights=weights,
+                config=cfg_s.dump(),
+                command=command,
+                seed=seed,
+            )
+        )
+
+    table = summarise(baseline, trained, args.label, args.seeds)
+    notes = [
+        f"mIoU (%) over the 14 ToyWorld classes; stuff = 6 background classes, things = 8 shapes; "
+        f"dev {args.num_dev} / test {args.num_test} images, {args.num_train} train images "
+        f"(class-agnostic masks only), world seed {args.world_seed}.",
+        f"config {os.path.relpath(args.config_file, REPO)}"
+        + (f" with overrides {' '.join(opts)}" if opts else "")
+        + f"; seeds {args.seeds}.",
+        f"command: {command}",
+    ]
+    if baseline is not None and trained:
+        gain = statistics.fmean(r["test"]["mIoU"] for r in trained) - baseline["test"]["mIoU"]
+        notes.insert(1, f"test mIoU gain over the baseline: {gain:+.1f}")
+    steps.times["total"] = round(time.perf_counter() - steps.start, 1)
+    notes.append("seconds per step: " + json.dumps(steps.times))
+    markdown = to_markdown(table, notes)
+    (out / "results.md").write_text(markdown, encoding="utf-8")
+    summary = {"table": table, "notes": notes, "seconds": steps.times, "args": vars(args)}
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_results(runs, out / "runs")
+    if grid_dicts and grid_columns:
+        write_grid(out / "grid.png", grid_dicts, grid_columns)
+    print("\n" + markdown)
+    print(
+        f"Written: {out / 'results.md'}, {out / 'results.json'}, {out / 'runs'}"
+        + (f", {out / 'grid.png'}" if grid_dicts and grid_columns else "")
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -49,6 +49,11 @@ def add_pixelclip_config(cfg: CN) -> None:
     cfg.MODEL.PROMPT.LENGTH = 4
     # Template around the learnable tokens; its single "{}" is replaced by LENGTH placeholders.
     cfg.MODEL.PROMPT.TEMPLATE = "A photo of a {} in the scene"
+    # Ablation: keep the prompts' random initial tokens (no prompt learning).
+    cfg.MODEL.PROMPT.FROZEN = False
+    # Ablation: fixed classes from these real names (encoded like a test vocabulary) instead of
+    # learnable prompts; [] = learnable prompts. Must have NUM_CLUSTERS names.
+    cfg.MODEL.PROMPT.CLASS_NAMES = []
 
     # --------------------------------------------------------------- training signal and inference
     cfg.MODEL.PIXELCLIP = CN()
@@ -60,10 +65,16 @@ def add_pixelclip_config(cfg: CN) -> None:
     cfg.MODEL.PIXELCLIP.SINKHORN_ITERS = 3
     # EMA factor gamma of the momentum teacher, in [0, 1].
     cfg.MODEL.PIXELCLIP.MOMENTUM = 0.999
+    # Ablation switch: False = no semantic clustering; every mask is its own target and its own
+    # class embedding is the teacher's mask-pooled feature (the prompts are not used in training).
+    cfg.MODEL.PIXELCLIP.SEMANTIC_CLUSTERING = True
     # Numeric precision of forward passes: "fp32" or "bf16" (autocast, on CPU and CUDA).
     cfg.MODEL.PIXELCLIP.PRECISION = "fp32"
     # Channels of the training-only decoder's two stages (the reference uses 64 then 32).
     cfg.MODEL.PIXELCLIP.DECODER_CHANNELS = [64, 32]
+    # Cost maps the decoder processes together under activation checkpointing (same result, less
+    # memory; faster on CPU, see docs/PERFORMANCE.md); 0 = all maps at once, no checkpointing.
+    cfg.MODEL.PIXELCLIP.DECODER_CHUNK_SIZE = 16
 
     # ------------------------------------------------------------------------------ inference
     cfg.MODEL.PIXELCLIP.TEST = CN()

@@ -10,6 +10,7 @@ from pixelclip.modeling.clustering import (
     build_targets,
     cluster_masks,
     covered_pixels,
+    own_mask_targets,
     pool_mask_embeddings,
     resize_masks_nearest,
     sinkhorn,
@@ -285,3 +286,26 @@ def test_cluster_masks_bad_input():
         cluster_masks(features, [one, one], torch.zeros(3, 7))
     with pytest.raises(ValueError, match=r"masks\[1\]"):
         cluster_masks(features, [one, one[0]], torch.zeros(3, 8))
+
+
+def test_own_mask_targets_pad_images_and_pool_each_mask():
+    torch.manual_seed(0)
+    features = torch.randn(2, 6, 4, 4)
+    first = torch.zeros(3, 8, 8, dtype=torch.bool)
+    first[0, :4], first[1, 4:, :4], first[2, 7, 7] = True, True, True  # the third: 1 px, dropped
+    second = torch.zeros(1, 8, 8, dtype=torch.bool)
+    second[0, 2:6, 2:6] = True
+    emb, targets, covered, present = own_mask_targets(features, [first, second], mask_resolution=8)
+    assert emb.shape == (2, 2, 6) and targets.shape == (2, 2, 8, 8)
+    assert present.tolist() == [[True, True], [True, False]]
+    torch.testing.assert_close(targets[0], first[:2].float())
+    torch.testing.assert_close(targets[1, 0], second[0].float())
+    assert targets[1, 1].sum() == 0 and emb[1, 1].abs().sum() == 0
+    assert torch.equal(covered[0], first[0] | first[1]) and torch.equal(covered[1], second[0])
+    expected = pool_mask_embeddings(features, first[1:2], torch.tensor([0]))[0]
+    torch.testing.assert_close(emb[0, 1], expected)
+    # no masks at all: one empty, absent channel per image
+    emb, targets, covered, present = own_mask_targets(
+        features, [first[:0], second[:0]], mask_resolution=8
+    )
+    assert targets.shape == (2, 1, 8, 8) and not present.any() and not covered.any()

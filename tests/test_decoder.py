@@ -106,3 +106,26 @@ def test_other_widths_and_bad_channels():
         ConvHead(channels=())
     with pytest.raises(ValueError, match=r"\(B, k, h, w\)"):
         ConvHead()(torch.zeros(3, 5, 5))
+
+
+def test_chunked_checkpointing_gives_the_same_logits_and_gradients():
+    torch.manual_seed(0)
+    # float64, so that summing the weight gradients group by group cannot hide a real difference
+    whole = ConvHead(channels=(32, 16)).double()
+    chunked = ConvHead(channels=(32, 16), chunk_size=3).double()  # 10 maps -> groups 3, 3, 3, 1
+    chunked.load_state_dict(whole.state_dict())
+    cost = torch.randn(2, 5, 4, 4, dtype=torch.float64)
+    results = []
+    for head in (whole, chunked):
+        x = cost.clone().requires_grad_(True)
+        out = head(x, output_size=(10, 10))
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), x.grad, [p.grad for p in head.parameters()]))
+    (out_a, grad_a, pgrads_a), (out_b, grad_b, pgrads_b) = results
+    assert out_a.shape == (2, 5, 10, 10)
+    torch.testing.assert_close(out_b, out_a)
+    torch.testing.assert_close(grad_b, grad_a)
+    for a, b in zip(pgrads_a, pgrads_b):
+        torch.testing.assert_close(b, a)
+    with pytest.raises(ValueError, match="DECODER_CHUNK_SIZE"):
+        ConvHead(chunk_size=-1)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pixelclip.modeling.loss import masked_bce_loss
 
@@ -67,3 +68,24 @@ def test_bad_shapes():
         masked_bce_loss(logits, targets[:, :2], covered)
     with pytest.raises(ValueError, match=r"covered must have shape \(2, 5, 5\)"):
         masked_bce_loss(logits, targets, covered[0])
+
+
+def test_absent_channels_are_ignored_like_uncovered_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4)
+    targets = (torch.rand(2, 3, 4, 4) > 0.5).float()
+    covered = torch.rand(2, 4, 4) > 0.3
+    channels = torch.tensor([[True, True, True], [True, False, False]])
+    got = masked_bce_loss(logits, targets, covered, channels)
+    # the same as the mean over the present (image, channel) pairs at covered pixels
+    terms = []
+    for b in range(2):
+        for j in range(3):
+            if channels[b, j]:
+                bce = F.binary_cross_entropy_with_logits(
+                    logits[b, j], targets[b, j], reduction="none"
+                )
+                terms.append(bce[covered[b]])
+    torch.testing.assert_close(got, torch.cat(terms).mean())
+    with pytest.raises(ValueError, match="channels"):
+        masked_bce_loss(logits, targets, covered, channels[:, :2])

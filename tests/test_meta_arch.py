@@ -3,6 +3,7 @@ inference contract of detectron2 (every image, original size), both protocols, b
 config validation."""
 
 import itertools
+import logging
 
 import pytest
 import torch
@@ -216,8 +217,12 @@ def test_missing_vocabulary_is_a_clear_error():
         model.set_vocabulary([])
 
 
-def test_bf16_autocast_trains_and_infers():
-    model = build_model(tiny_cfg(**{"MODEL.PIXELCLIP.PRECISION": "bf16"}))
+def test_bf16_autocast_trains_and_infers(caplog):
+    with caplog.at_level(logging.WARNING, logger="pixelclip.modeling.meta_arch"):
+        model = build_model(tiny_cfg(**{"MODEL.PIXELCLIP.PRECISION": "bf16"}))
+    # the slow-bf16 warning appears exactly on CPUs without bf16 instructions
+    emulated = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert ("bf16 is emulated" in caplog.text) == emulated
     model.train()
     with EventStorage():
         loss = model(training_batch())["loss_masks"]
@@ -258,3 +263,46 @@ def test_dino_mask_source_trains_without_mask_files():
 def test_impossible_config_values_name_the_key(key, value):
     with pytest.raises(ValueError, match=key.split(".")[-1]):
         build_model(tiny_cfg(**{key: value}))
+
+
+# ------------------------------------------------------------------------ ablations (issue 6)
+def test_without_semantic_clustering_each_mask_is_its_own_target():
+    model = build_model(tiny_cfg(**{"MODEL.PIXELCLIP.SEMANTIC_CLUSTERING": False}))
+    model.train()
+    batch = training_batch(masks_per_image=(5, 3))
+    with EventStorage():
+        loss = model(batch)["loss_masks"]
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    # the prompts take no part: no gradient; the decoder and the image tower learn
+    assert model.sem_seg_head.prompts.prompt_tokens.grad is None
+    assert model.sem_seg_head.decoder.proj.weight.grad.abs().sum() > 0
+    assert model.backbone.encoder.visual.positional_embedding.grad.abs().sum() > 0
+
+
+def test_frozen_prompts_keep_their_initial_tokens():
+    cfg = tiny_cfg(**{"MODEL.PROMPT.FROZEN": True, "SOLVER.BASE_LR": 0.01})
+    model = build_model(cfg)
+    before = model.sem_seg_head.prompts.prompt_tokens.detach().clone()
+    optimizer = build_optimizer(cfg, model)
+    names = {n for g in optimizer.param_groups for n in g["names"]}
+    assert "sem_seg_head.prompts.prompt_tokens" not in names
+    assert any(n.startswith("sem_seg_head.decoder.") for n in names)
+    SimpleTrainer(model, itertools.repeat(training_batch()), optimizer).train(0, 2)
+    assert torch.equal(model.sem_seg_head.prompts.prompt_tokens, before)
+
+
+def test_fixed_class_name_prompts_replace_the_learnable_classes():
+    names = ["sky", "grass", "water", "sand"]
+    cfg = tiny_cfg(**{"MODEL.PROMPT.CLASS_NAMES": names, "MODEL.PROMPT.NUM_CLUSTERS": 4})
+    model = build_model(cfg)
+    head = model.sem_seg_head
+    torch.testing.assert_close(head.prompt_embeddings(), head.class_embeddings(names))
+    assert not head.prompts.prompt_tokens.requires_grad
+    model.train()
+    with EventStorage():
+        loss = model(training_batch())["loss_masks"]
+    loss.backward()
+    assert torch.isfinite(loss) and head.decoder.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="CLASS_NAMES.*NUM_CLUSTERS"):
+        build_model(tiny_cfg(**{"MODEL.PROMPT.CLASS_NAMES": names}))  # 4 names, k = 8

@@ -118,3 +118,31 @@ def test_bad_solver_settings_are_named():
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameter"):
         build_optimizer(_cfg(), frozen)
+
+
+def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
+    torch.manual_seed(0)
+    model, reference_model = ToyModel(), ToyModel()
+    reference_model.load_state_dict(model.state_dict())
+    optimizer = build_optimizer(_cfg(), model)
+    assert optimizer.defaults["fused"] is True
+    # the same groups through torch's plain (for-loop) AdamW, with the same full-model clipping
+    reference = torch.optim.AdamW(
+        [
+            {"params": [dict(reference_model.named_parameters())[n] for n in g["names"]]}
+            | {k: g[k] for k in ("lr", "weight_decay")}
+            for g in optimizer.param_groups
+        ],
+        foreach=False,
+    )
+    for _ in range(3):
+        grads = {n: torch.randn_like(p) for n, p in model.named_parameters() if p.requires_grad}
+        for m in (model, reference_model):
+            for n, p in m.named_parameters():
+                p.grad = grads[n].clone() if n in grads else None
+        optimizer.step()
+        params = [p for g in reference.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, 0.01)
+        reference.step()
+    for (name, p), q in zip(model.named_parameters(), reference_model.parameters()):
+        torch.testing.assert_close(p, q, msg=name)

@@ -26,6 +26,7 @@ __all__ = [
     "build_targets",
     "cluster_masks",
     "covered_pixels",
+    "own_mask_targets",
     "pool_mask_embeddings",
     "resize_masks_nearest",
     "sinkhorn",
@@ -338,3 +339,44 @@ def cluster_masks(
         "cluster_counts": cluster_counts,
     }
     return targets, covered, stats
+
+
+@torch.no_grad()
+def own_mask_targets(
+    teacher_features: Tensor, masks: Sequence[Tensor], *, mask_resolution: int = 256
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The no-clustering ablation (MODEL.PIXELCLIP.SEMANTIC_CLUSTERING = False): every mask is its
+    own class, whose embedding is the teacher's pooled feature of that mask (steps 1-3 of METHOD
+    §4 without Sinkhorn), and its own target. Images are padded to the largest number of kept
+    masks; padded channels are empty and marked absent.
+
+    Args:
+        teacher_features: (B, D, h, w) unnormalised dense features of the teacher (weak view).
+        masks: B bool tensors (N_b, H, W), N_b may be 0.
+        mask_resolution: S.
+
+    Returns:
+        embeddings: (B, N, D) float32 unit rows (zero rows for padding), N = max kept masks (>= 1).
+        targets: (B, N, S, S) float32 0/1, one mask per channel.
+        covered: (B, S, S) bool, pixels covered by at least one kept mask of the image.
+        present: (B, N) bool, the channels holding a real mask.
+    """
+    num_images = teacher_features.shape[0]
+    if len(masks) != num_images:
+        raise ValueError(f"expected one mask tensor per image ({num_images}); got {len(masks)}")
+    device = teacher_features.device
+    kept = []
+    for m in masks:  # a loop over the few images of the batch; this is an ablation only
+        m = resize_masks_nearest(m, mask_resolution).to(device)
+        kept.append(m[m.flatten(1).sum(dim=1) > 1])
+    width = max([1] + [m.shape[0] for m in kept])
+    size = (mask_resolution, mask_resolution)
+    padded = torch.zeros((num_images, width, *size), dtype=torch.bool, device=device)
+    present = torch.zeros((num_images, width), dtype=torch.bool, device=device)
+    for b, m in enumerate(kept):
+        padded[b, : m.shape[0]] = m
+        present[b, : m.shape[0]] = True
+    image_index = torch.arange(num_images, device=device).repeat_interleave(width)
+    embeddings = pool_mask_embeddings(teacher_features, padded.flatten(0, 1), image_index)
+    embeddings = embeddings.view(num_images, width, -1)
+    return embeddings, padded.float(), padded.any(dim=1), present

@@ -37,13 +37,36 @@ class PixelCLIPHead(nn.Module):
         decoder: ConvHead,
         prompt_templates: tuple[str, ...] = PROMPT_ENSEMBLES["imagenet_select"],
         embedding_cache_dir: str = "",
+        freeze_prompts: bool = False,
+        fixed_class_names: tuple[str, ...] = (),
     ):
+        """
+        Args:
+            text_encoder: CLIP's frozen text tower.
+            prompts: the k learnable classes.
+            decoder: the training-only decoder.
+            prompt_templates: templates of the test-time prompt ensemble.
+            embedding_cache_dir: disk cache of vocabulary embeddings ("" = memory only).
+            freeze_prompts: ablation (MODEL.PROMPT.FROZEN): the prompts keep their random
+                initial tokens.
+            fixed_class_names: ablation (MODEL.PROMPT.CLASS_NAMES): the classes are these real
+                names, encoded like a test vocabulary (with ``prompt_templates``) and fixed; the
+                learnable prompts are then unused and frozen.
+        """
         super().__init__()
         self.text = text_encoder
         self.prompts = prompts
         self.decoder = decoder
         self.prompt_templates = tuple(prompt_templates)
         self.vocabulary_embedder = VocabularyEmbedder(cache_dir=embedding_cache_dir or None)
+        self.fixed_class_names = tuple(fixed_class_names)
+        if self.fixed_class_names and len(self.fixed_class_names) != prompts.num_clusters:
+            raise ValueError(
+                f"MODEL.PROMPT.CLASS_NAMES has {len(self.fixed_class_names)} names but "
+                f"MODEL.PROMPT.NUM_CLUSTERS is {prompts.num_clusters}; they must be equal"
+            )
+        if freeze_prompts or self.fixed_class_names:
+            self.prompts.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg, input_shape=None):
@@ -65,28 +88,40 @@ class PixelCLIPHead(nn.Module):
                 template=cfg.MODEL.PROMPT.TEMPLATE,
                 seed=max(cfg.SEED, 0),
             ),
-            "decoder": ConvHead(cfg.MODEL.PIXELCLIP.DECODER_CHANNELS),
+            "decoder": ConvHead(
+                cfg.MODEL.PIXELCLIP.DECODER_CHANNELS,
+                chunk_size=cfg.MODEL.PIXELCLIP.DECODER_CHUNK_SIZE,
+            ),
             "prompt_templates": templates,
             "embedding_cache_dir": cfg.MODEL.PIXELCLIP.TEST.EMBEDDING_CACHE_DIR,
+            "freeze_prompts": cfg.MODEL.PROMPT.FROZEN,
+            "fixed_class_names": tuple(cfg.MODEL.PROMPT.CLASS_NAMES),
         }
 
     def prompt_embeddings(self) -> torch.Tensor:
-        """Text embeddings f_C of the learnable classes, (k, D), unnormalised, with gradients."""
+        """Text embeddings f_C of the learnable classes, (k, D), unnormalised, with gradients
+        (fixed and unit-norm in the class-name ablation)."""
+        if self.fixed_class_names:
+            return self.class_embeddings(list(self.fixed_class_names))
         return self.prompts(self.text)
 
     def forward(self, features: torch.Tensor, prompt_embeddings: torch.Tensor) -> torch.Tensor:
-        """Decoder logits of every learnable class.
+        """Decoder logits of every class.
 
         Args:
             features: student dense features (B, D, h, w), unnormalised.
-            prompt_embeddings: f_C (k, D), unnormalised.
+            prompt_embeddings: f_C (k, D), unnormalised; or (B, k, D), classes per image (the
+                no-clustering ablation, where each mask's teacher embedding is its own class).
 
         Returns:
             (B, k, 4h, 4w) logits: the decoder applied to each cosine cost map (no temperature).
         """
         features = F.normalize(features, dim=1)
         classes = F.normalize(prompt_embeddings, dim=-1).to(features.dtype)
-        cost = torch.einsum("bdhw,kd->bkhw", features, classes)
+        if classes.dim() == 3:
+            cost = torch.einsum("bdhw,bkd->bkhw", features, classes)
+        else:
+            cost = torch.einsum("bdhw,kd->bkhw", features, classes)
         return self.decoder(cost)
 
     def class_embeddings(self, class_names: list[str]) -> torch.Tensor:

@@ -9,7 +9,9 @@ from torch import Tensor
 __all__ = ["masked_bce_loss"]
 
 
-def masked_bce_loss(logits: Tensor, targets: Tensor, covered: Tensor) -> Tensor:
+def masked_bce_loss(
+    logits: Tensor, targets: Tensor, covered: Tensor, channels: Tensor | None = None
+) -> Tensor:
     """Binary cross-entropy with logits over all k channels at the covered pixels.
 
     The mean is taken over every (image, covered pixel, cluster) triple of the local batch, i.e.
@@ -28,6 +30,9 @@ def masked_bce_loss(logits: Tensor, targets: Tensor, covered: Tensor) -> Tensor:
         logits: (B, k, S, S) decoder logits, any float dtype.
         targets: (B, k, S, S) 0/1 targets (float or bool).
         covered: (B, S, S) bool, pixels covered by at least one mask of the image.
+        channels: optional (B, k) bool, the channels that exist for each image (the
+            no-clustering ablation pads images with fewer masks); absent channels are ignored
+            like uncovered pixels. None = all k channels.
 
     Returns:
         0-dim float32 loss.
@@ -40,11 +45,21 @@ def masked_bce_loss(logits: Tensor, targets: Tensor, covered: Tensor) -> Tensor:
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(covered.shape) != expected:
         raise ValueError(f"covered must have shape {expected}; got {tuple(covered.shape)}")
-    covered = covered.to(device=logits.device, dtype=torch.bool)[:, None]
+    covered = covered.to(device=logits.device, dtype=torch.bool)
     bce = F.binary_cross_entropy_with_logits(
         logits.float(), targets.to(device=logits.device, dtype=torch.float32), reduction="none"
     )
+    if channels is None:
+        keep = covered[:, None]
+        count = covered.sum() * logits.shape[1]
+    else:
+        if tuple(channels.shape) != tuple(logits.shape[:2]):
+            raise ValueError(
+                f"channels must have shape {tuple(logits.shape[:2])}; got {tuple(channels.shape)}"
+            )
+        channels = channels.to(device=logits.device, dtype=torch.bool)
+        keep = covered[:, None] & channels[:, :, None, None]
+        count = (covered.flatten(1).sum(dim=1) * channels.sum(dim=1)).sum()
     # torch.where (not a multiplication) so that non-finite logits at ignored pixels cannot leak.
-    total = torch.where(covered, bce, torch.zeros_like(bce)).sum()
-    count = covered.sum() * logits.shape[1]
+    total = torch.where(keep, bce, torch.zeros_like(bce)).sum()
     return total / count.clamp_min(1)

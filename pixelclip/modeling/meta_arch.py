@@ -24,7 +24,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_se
 from torch import nn
 
 from ..inference.vocabulary import load_vocabulary
-from .clustering import cluster_masks
+from .clustering import cluster_masks, own_mask_targets
 from .loss import masked_bce_loss
 from .teacher import MomentumTeacher
 
@@ -79,6 +79,16 @@ def validate_config(cfg, stride: int) -> None:
             for part in key.split("."):
                 value = value[part]
             raise ValueError(f"invalid {key} = {value!r}; expected {allowed}")
+    if (
+        m.PIXELCLIP.PRECISION == "bf16"
+        and torch.device(m.DEVICE).type == "cpu"
+        and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    ):
+        logger.warning(
+            "MODEL.PIXELCLIP.PRECISION = 'bf16' on a CPU without bf16 instructions (AVX512-BF16 "
+            "or AMX): bf16 is emulated here and runs several times slower than 'fp32' "
+            "(docs/PERFORMANCE.md)"
+        )
 
 
 @META_ARCH_REGISTRY.register()
@@ -108,6 +118,7 @@ class PixelCLIP(nn.Module):
         mask_resolution: int = 256,
         temperature: float = 100.0,
         sinkhorn_iters: int = 3,
+        semantic_clustering: bool = True,
         precision: str = "fp32",
         test_protocol: str = "whole",
         test_feature_resolution: int = 64,
@@ -127,6 +138,7 @@ class PixelCLIP(nn.Module):
         self.mask_resolution = mask_resolution
         self.temperature = temperature
         self.sinkhorn_iters = sinkhorn_iters
+        self.semantic_clustering = semantic_clustering
         self.autocast_dtype = PRECISIONS[precision]
         self.test_protocol = test_protocol
         self.test_feature_resolution = test_feature_resolution
@@ -171,6 +183,7 @@ class PixelCLIP(nn.Module):
             "mask_resolution": cfg.MODEL.PIXELCLIP.MASK_RESOLUTION,
             "temperature": cfg.MODEL.PIXELCLIP.TEMPERATURE,
             "sinkhorn_iters": cfg.MODEL.PIXELCLIP.SINKHORN_ITERS,
+            "semantic_clustering": cfg.MODEL.PIXELCLIP.SEMANTIC_CLUSTERING,
             "precision": cfg.MODEL.PIXELCLIP.PRECISION,
             "test_protocol": cfg.MODEL.PIXELCLIP.TEST.PROTOCOL,
             "test_feature_resolution": cfg.MODEL.PIXELCLIP.TEST.FEATURE_RESOLUTION,
@@ -241,20 +254,26 @@ class PixelCLIP(nn.Module):
             self.teacher.update(self.backbone.encoder)
             with self._autocast():
                 teacher_features = self.teacher(weak)
+        channels = None
         with self._autocast():
-            prompt_embeddings = self.sem_seg_head.prompt_embeddings()
-            targets, covered, stats = cluster_masks(
-                teacher_features.float(),
-                masks,
-                prompt_embeddings.detach().float(),
-                mask_resolution=grid,
-                temperature=self.temperature,
-                sinkhorn_iters=self.sinkhorn_iters,
-            )
+            if self.semantic_clustering:
+                class_embeddings = self.sem_seg_head.prompt_embeddings()
+                targets, covered, _ = cluster_masks(
+                    teacher_features.float(),
+                    masks,
+                    class_embeddings.detach().float(),
+                    mask_resolution=grid,
+                    temperature=self.temperature,
+                    sinkhorn_iters=self.sinkhorn_iters,
+                )
+            else:  # ablation: each mask is its own class and target
+                class_embeddings, targets, covered, channels = own_mask_targets(
+                    teacher_features.float(), masks, mask_resolution=grid
+                )
             features = self.backbone(strong)["clip"]
-            logits = self.sem_seg_head(features, prompt_embeddings)
+            logits = self.sem_seg_head(features, class_embeddings)
             logits = F.interpolate(logits, size=(grid, grid), mode="bilinear", align_corners=False)
-        loss = masked_bce_loss(logits.float(), targets, covered)
+        loss = masked_bce_loss(logits.float(), targets, covered, channels)
         return {"loss_masks": loss}
 
     # --------------------------------------------------------------------------- inference

@@ -49,10 +49,14 @@ class MomentumTeacher(nn.Module):
         if teacher_params.keys() != student_params.keys():
             diff = sorted(teacher_params.keys() ^ student_params.keys())[:8]
             raise ValueError(f"student and teacher encoders differ in parameters, e.g. {diff}")
-        m = self.momentum
-        for name, t in teacher_params.items():
-            s = student_params[name].detach().to(device=t.device, dtype=t.dtype)
-            t.mul_(m).add_(s, alpha=1.0 - m)
+        teacher_list = list(teacher_params.values())
+        student_list = [
+            student_params[name].detach().to(device=t.device, dtype=t.dtype)
+            for name, t in teacher_params.items()
+        ]
+        # lerp(t, s, 1 - m) = t + (1 - m)(s - t) = m t + (1 - m) s, as one multi-tensor op; it
+        # also leaves a teacher tensor bit-identical to a frozen student tensor it equals.
+        torch._foreach_lerp_(teacher_list, student_list, 1.0 - self.momentum)
         student_buffers = dict(student.named_buffers())
         for name, buf in self.encoder.named_buffers():
             buf.copy_(student_buffers[name])

@@ -125,7 +125,13 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         )
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "ADAMW":
-        cls, kwargs = torch.optim.AdamW, {}
+        # One fused kernel for all tensors instead of a Python loop of per-tensor ops (CPU and
+        # CUDA, torch >= 2.4); measured -55 % on the ViT-B/16 optimizer step (docs/PERFORMANCE.md).
+        devices = {p.device.type for group in groups for p in group["params"]}
+        fused = devices <= {"cpu", "cuda"} and all(
+            p.is_floating_point() for group in groups for p in group["params"]
+        )
+        cls, kwargs = torch.optim.AdamW, {"fused": fused}
     elif name == "SGD":
         cls, kwargs = (
             torch.optim.SGD,

@@ -140,3 +140,22 @@ def test_no_usable_placeholder_word(encoder, tokenizer, monkeypatch):
     monkeypatch.setattr(text_module, "_PLACEHOLDER_WORDS", ("x", "z"))
     with pytest.raises(ValueError, match="placeholder"):
         LearnablePrompts(text_encoder=encoder, tokenizer=tokenizer, template="z and x {}")
+
+
+def test_shared_prefix_matches_the_plain_tower_in_values_and_gradients(encoder, tokenizer):
+    prompts = LearnablePrompts(text_encoder=encoder, tokenizer=tokenizer, num_clusters=K, length=L)
+    assert prompts.shared_prefix == 5 and encoder._prefix_capable()  # "<sot> a photo of a"
+    seq = prompts.embedding_sequences(encoder)
+    eot = prompts.eot_index.expand(K)
+    weights = torch.randn(K, 32, generator=torch.Generator().manual_seed(0))
+    results = []
+    for prefix in (0, prompts.shared_prefix):
+        prompts.prompt_tokens.grad = None
+        out = encoder.encode_embeddings(prompts.embedding_sequences(encoder), eot, prefix)
+        (out * weights).sum().backward()
+        results.append((out.detach(), prompts.prompt_tokens.grad.clone()))
+    (plain, plain_grad), (shared, shared_grad) = results
+    assert seq.shape[1] == 13
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(shared_grad, plain_grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(prompts(encoder), plain, rtol=1e-5, atol=1e-6)

@@ -49,11 +49,30 @@ def test_quickstart_rejects_odd_overrides():
 def test_summary_mean_std_matches_hand_values():
     qs = _load_quickstart()
     res = [{s: {"mIoU": v, "stuff": v, "things": v} for s in ("dev", "test")} for v in (10, 14)]
-    table = qs.summarise(None, res, "P", [0, 1])
+    table = qs.summarise(None, {"P": res}, [0, 1])
     mean_row = table["rows"][-1]
     assert mean_row["test/mIoU"] == pytest.approx(12.0)
     assert mean_row["test/mIoU_std"] == pytest.approx(math.sqrt(8.0))  # sample std of 10, 14
     assert "12.0 ± 2.8" in qs.to_markdown(table, [])
+
+
+def test_every_ablation_is_a_valid_config():
+    qs = _load_quickstart()
+    args = qs.parse_args(["--quick", "--ablations", "all"])
+    assert args.ablations == list(qs.ablations())
+    with pytest.raises(SystemExit):
+        qs.parse_args(["--ablations", "no-such-thing"])
+    from detectron2.modeling import build_model
+
+    from pixelclip.data.toyworld import TOYWORLD_CLASSES
+
+    for name, (label, extra) in qs.ablations().items():
+        cfg = qs.build_cfg(str(qs.DEFAULT_CONFIG), extra, "/tmp/unused")
+        if name == "class-name-prompts":
+            assert list(cfg.MODEL.PROMPT.CLASS_NAMES) == list(TOYWORLD_CLASSES)
+            model = build_model(cfg)  # NUM_CLUSTERS matches the names
+            assert model.sem_seg_head.prompt_embeddings().shape[0] == len(TOYWORLD_CLASSES)
+        assert label
 
 
 @pytest.mark.slow

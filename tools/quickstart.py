@@ -12,9 +12,13 @@ Steps (each printed with its duration):
      over seeds), the per-run records ``runs/results.{md,json}`` and ``grid.png`` (image | ground
      truth | baseline | PixelCLIP for a few test images).
 
+With ``--ablations`` the same seeds are also trained and evaluated with each ablation (a config
+override, see ABLATIONS) and reported as further rows of the same table.
+
 Examples:
   tools/quickstart.py --output-dir output/quickstart
   tools/quickstart.py --output-dir output/qs3 --seeds 0 1 2
+  tools/quickstart.py --output-dir output/ablations --seeds 0 1 2 --ablations all
   tools/quickstart.py --output-dir output/k8 --label "PixelCLIP k=8" MODEL.PROMPT.NUM_CLUSTERS 8
 Trailing KEY VALUE pairs override keys of the config for baseline and training alike.
 """
@@ -43,6 +47,31 @@ PALETTE = [
 ]  # fmt: skip
 
 
+def ablations() -> dict[str, tuple[str, list[str]]]:
+    """The ablations of issue 6: name -> (row label, config overrides added to the run's)."""
+    from pixelclip.data.toyworld import TOYWORLD_CLASSES
+
+    names = "[" + ", ".join(repr(c) for c in TOYWORLD_CLASSES) + "]"
+    return {
+        "no-clustering": (
+            "w/o semantic clustering (each mask its own target)",
+            ["MODEL.PIXELCLIP.SEMANTIC_CLUSTERING", "False"],
+        ),
+        "no-teacher": (
+            "w/o momentum teacher (momentum 0)",
+            ["MODEL.PIXELCLIP.MOMENTUM", "0.0"],
+        ),
+        "frozen-prompts": ("frozen random prompts", ["MODEL.PROMPT.FROZEN", "True"]),
+        "class-name-prompts": (
+            f"fixed class-name prompts (k = {len(TOYWORLD_CLASSES)})",
+            ["MODEL.PROMPT.CLASS_NAMES", names]
+            + ["MODEL.PROMPT.NUM_CLUSTERS", str(len(TOYWORLD_CLASSES))],
+        ),
+        "k8": ("k = 8", ["MODEL.PROMPT.NUM_CLUSTERS", "8"]),
+        "k32": ("k = 32", ["MODEL.PROMPT.NUM_CLUSTERS", "32"]),
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
@@ -69,6 +98,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--label", default="PixelCLIP", help="row label of the trained model")
     ap.add_argument("--skip-baseline", action="store_true", help="do not evaluate the baseline")
     ap.add_argument(
+        "--ablations",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="also train these ablations (each with every seed): 'all' or names among "
+        "no-clustering, no-teacher, frozen-prompts, class-name-prompts, k8, k32",
+    )
+    ap.add_argument(
+        "--skip-main", action="store_true", help="train only the ablations, not the config as is"
+    )
+    ap.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 160 train / 40 dev / 40 test images, 60 iterations, 3 grid "
@@ -86,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.iters, args.grid_images = args.iters or 60, min(args.grid_images, 3)
     if len(args.opts) % 2:
         ap.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
+    known = list(ablations())
+    if args.ablations == ["all"]:
+        args.ablations = known
+    unknown = [a for a in args.ablations if a not in known]
+    if unknown:
+        ap.error(f"unknown ablation(s) {unknown}; choose 'all' or from {known}")
     return args
 
 
@@ -198,8 +244,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(baseline: dict | None, trained: list[dict], label: str, seeds: list[int]) -> dict:
-    """Rows of the results table: baseline, each seed, and mean +- std over seeds."""
+def summarise(baseline: dict | None, variants: dict[str, list[dict]], seeds: list[int]) -> dict:
+    """Rows of the results table: the baseline, then for each trained variant (row label ->
+    results per seed) every seed and, with several seeds, the mean +- std over seeds."""
     keys = [(s, k) for s in SPLITS for k in ("mIoU", "stuff", "things")]
     rows = []
     if baseline is not None:
@@ -209,13 +256,16 @@ def summarise(baseline: dict | None, trained: list[dict], label: str, seeds: lis
                 **{f"{s}/{k}": baseline[s][k] for s, k in keys},
             }
         )
-    for seed, res in zip(seeds, trained):
-        rows.append({"model": f"{label} (seed {seed})", **{f"{s}/{k}": res[s][k] for s, k in keys}})
-    if len(trained) > 1:
-        row = {"model": f"{label} (mean ± std, {len(trained)} seeds)"}
-        for s, k in keys:
-            row[f"{s}/{k}"], row[f"{s}/{k}_std"] = mean_std([r[s][k] for r in trained])
-        rows.append(row)
+    for label, trained in variants.items():
+        for seed, res in zip(seeds, trained):
+            rows.append(
+                {"model": f"{label} (seed {seed})", **{f"{s}/{k}": res[s][k] for s, k in keys}}
+            )
+        if len(trained) > 1:
+            row = {"model": f"{label} (mean ± std, {len(trained)} seeds)"}
+            for s, k in keys:
+                row[f"{s}/{k}"], row[f"{s}/{k}_std"] = mean_std([r[s][k] for r in trained])
+            rows.append(row)
     return {"columns": [f"{s}/{k}" for s, k in keys], "rows": rows}
 
 
@@ -337,42 +387,46 @@ def main(argv: list[str] | None = None) -> dict:
                 command=command,
             )
         )
-    train_net, trained = load_train_net(), []
-    for seed in args.seeds:
-        folder = str(out / f"seed{seed}")
-        weights = steps.run(
-            f"3. Train {args.label}, seed {seed}",
-            train,
-            train_net,
-            args.config_file,
-            opts,
-            folder,
-            seed,
-        )
-        cfg_s = build_cfg(args.config_file, opts, folder)
-
-        def run_eval(cfg_s=cfg_s, weights=weights, folder=folder, seed=seed):
-            model = load_model(cfg_s, weights)
-            res = evaluate_splits(cfg_s, model, folder)
-            if not trained:  # the grid shows the first seed's model
-                grid_columns[args.label] = predict(model, grid_dicts)
-            return res
-
-        res = steps.run(f"4. Evaluate {args.label}, seed {seed}", run_eval)
-        trained.append(res)
-        runs.append(
-            make_run(
-                f"{args.label} (seed {seed})",
-                {SPLITS[s]: res[s]["entry"] for s in SPLITS},
-                protocol=cfg_s.MODEL.PIXELCLIP.TEST.PROTOCOL,
-                weights=weights,
-                config=cfg_s.dump(),
-                command=command,
-                seed=seed,
+    train_net, results = load_train_net(), {}
+    variants = [] if args.skip_main else [("", args.label, [])]
+    variants += [(name, *ablations()[name]) for name in args.ablations]
+    for name, label, extra in variants:
+        trained = results[label] = []
+        for seed in args.seeds:
+            folder = str(out / (f"{name}-seed{seed}" if name else f"seed{seed}"))
+            weights = steps.run(
+                f"3. Train {label}, seed {seed}",
+                train,
+                train_net,
+                args.config_file,
+                opts + extra,
+                folder,
+                seed,
             )
-        )
+            cfg_s = build_cfg(args.config_file, opts + extra, folder)
 
-    table = summarise(baseline, trained, args.label, args.seeds)
+            def run_eval(cfg_s=cfg_s, weights=weights, folder=folder, label=label, name=name):
+                model = load_model(cfg_s, weights)
+                res = evaluate_splits(cfg_s, model, folder)
+                if label not in grid_columns and not name:  # the first seed of the main run
+                    grid_columns[label] = predict(model, grid_dicts)
+                return res
+
+            res = steps.run(f"4. Evaluate {label}, seed {seed}", run_eval)
+            trained.append(res)
+            runs.append(
+                make_run(
+                    f"{label} (seed {seed})",
+                    {SPLITS[s]: res[s]["entry"] for s in SPLITS},
+                    protocol=cfg_s.MODEL.PIXELCLIP.TEST.PROTOCOL,
+                    weights=weights,
+                    config=cfg_s.dump(),
+                    command=command,
+                    seed=seed,
+                )
+            )
+
+    table = summarise(baseline, results, args.seeds)
     notes = [
         f"mIoU (%) over the 14 ToyWorld classes; stuff = 6 background classes, things = 8 shapes; "
         f"dev {args.num_dev} / test {args.num_test} images, {args.num_train} train images "
@@ -382,9 +436,10 @@ def main(argv: list[str] | None = None) -> dict:
         + f"; seeds {args.seeds}.",
         f"command: {command}",
     ]
-    if baseline is not None and trained:
-        gain = statistics.fmean(r["test"]["mIoU"] for r in trained) - baseline["test"]["mIoU"]
-        notes.insert(1, f"test mIoU gain over the baseline: {gain:+.1f}")
+    if baseline is not None and not args.skip_main:
+        main_runs = results[args.label]
+        gain = statistics.fmean(r["test"]["mIoU"] for r in main_runs) - baseline["test"]["mIoU"]
+        notes.insert(1, f"test mIoU gain of {args.label} over the baseline: {gain:+.1f}")
     steps.times["total"] = round(time.perf_counter() - steps.start, 1)
     notes.append("seconds per step: " + json.dumps(steps.times))
     markdown = to_markdown(table, notes)

@@ -155,12 +155,19 @@ class CLIPTextEncoder(nn.Module):
             return token_ids.argmax(dim=-1)
         return (token_ids == self.eos_id).int().argmax(dim=-1)
 
-    def encode_embeddings(self, embeds: Tensor, eot_index: Tensor) -> Tensor:
+    def encode_embeddings(
+        self, embeds: Tensor, eot_index: Tensor, shared_prefix: int = 0
+    ) -> Tensor:
         """Run the tower on token-embedding sequences of length L <= context_length.
 
         Args:
             embeds: (N, L, W) float token embeddings (without positional embeddings).
             eot_index: LongTensor (N,), the position to pool at in each sequence (< L).
+            shared_prefix: P, a promise by the caller that the first P positions of every
+                sequence are identical and that every ``eot_index`` is >= P. The tower being
+                causal, their hidden states are then the same in every sequence: they are
+                computed once and the other positions attend to them as a cached prefix (see
+                :meth:`_run_with_shared_prefix`). The same result up to float rounding.
 
         Returns:
             (N, D) text embeddings, not normalised. Differentiable w.r.t. ``embeds``.
@@ -180,7 +187,12 @@ class CLIPTextEncoder(nn.Module):
             )
         cast_dtype = self.transformer.get_cast_dtype()
         x = embeds.to(cast_dtype) + self.positional_embedding[:length].to(cast_dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+        mask = self.attn_mask[:length, :length]
+        if 0 < shared_prefix < length and self._prefix_capable():
+            x = self._run_with_shared_prefix(x, mask, shared_prefix)
+            eot_index = eot_index - shared_prefix
+        else:
+            x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)]
         if self.text_projection is None:
@@ -188,6 +200,43 @@ class CLIPTextEncoder(nn.Module):
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection
+
+    def _prefix_capable(self) -> bool:
+        """Whether the blocks are open_clip's batch-first self-attention blocks, which
+        :meth:`_run_with_shared_prefix` drives part by part (else the plain path is used)."""
+        blocks = getattr(self.transformer, "resblocks", None)
+        parts = ("ln_1", "attention", "ls_1", "ln_2", "mlp", "ls_2")
+        return (
+            blocks is not None
+            and getattr(self.transformer, "batch_first", True)
+            and all(all(hasattr(b, n) for n in parts) for b in blocks)
+            and not any(hasattr(b, "ln_1_kv") for b in blocks)
+        )
+
+    def _run_with_shared_prefix(self, x: Tensor, mask: Tensor, prefix: int) -> Tensor:
+        """The transformer on (N, L, W) inputs whose first ``prefix`` positions are the same in
+        every row; returns the (N, L - prefix, W) outputs of the other positions.
+
+        Each block runs as open_clip's ``ResidualAttentionBlock.forward`` does (pre-norm
+        attention and MLP with layer scales), but the prefix is one sequence, and the suffix's
+        queries attend to the prefix's keys/values (broadcast to the N rows) and to its own,
+        under the rows ``prefix:`` of the causal mask. Autograd then never runs through the
+        prefix (it does not depend on the learnable tokens), which removes its share of the
+        backward too.
+        """
+        head, tail = x[:1, :prefix], x[:, prefix:]
+        head_mask, tail_mask = mask[:prefix, :prefix], mask[prefix:, :]
+        for block in self.transformer.resblocks:
+            head_in = block.ln_1(head)
+            tail_in = block.ln_1(tail)
+            keys = torch.cat([head_in.expand(tail.shape[0], -1, -1), tail_in], dim=1)
+            tail = tail + block.ls_1(
+                block.attention(q_x=tail_in, k_x=keys, v_x=keys, attn_mask=tail_mask)
+            )
+            tail = tail + block.ls_2(block.mlp(block.ln_2(tail)))
+            head = head + block.ls_1(block.attention(q_x=head_in, attn_mask=head_mask))
+            head = head + block.ls_2(block.mlp(block.ln_2(head)))
+        return tail
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
@@ -309,6 +358,8 @@ class LearnablePrompts(nn.Module):
         self.register_buffer("template_ids", ids[: eot + 1].clone(), persistent=False)
         self.register_buffer("placeholder_positions", positions.clone(), persistent=False)
         self.register_buffer("eot_index", torch.tensor(eot), persistent=False)
+        # The template tokens before the first learnable token are the same for all k classes.
+        self.shared_prefix = int(positions.min())
 
         weight = text_encoder.token_embedding.weight
         generator = torch.Generator().manual_seed(seed)
@@ -342,7 +393,8 @@ class LearnablePrompts(nn.Module):
         """
         seq = self.embedding_sequences(text_encoder)
         eot = self.eot_index.to(seq.device).expand(self.num_clusters)
-        return text_encoder.encode_embeddings(seq, eot)
+        # The template tokens before the first learnable token are the same for all k classes.
+        return text_encoder.encode_embeddings(seq, eot, shared_prefix=self.shared_prefix)
 
     def extra_repr(self) -> str:
         return (

@@ -85,7 +85,8 @@ def add_pixelclip_config(cfg: CN) -> None:
     # Sliding-window crop side and stride in pixels ("slide" protocol).
     cfg.MODEL.PIXELCLIP.TEST.SLIDE_CROP = 224
     cfg.MODEL.PIXELCLIP.TEST.SLIDE_STRIDE = 112
-    # Prompt ensemble for class names: "single", "imagenet_select" or "imagenet" (80 templates).
+    # Prompt ensemble for class names: "single", "imagenet_select" or "imagenet" (80 templates),
+    # or one literal template with a single "{}", e.g. "a photo of a {}.".
     cfg.MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE = "imagenet_select"
     # Vocabulary used at test time instead of the test dataset's stuff_classes: a list of class
     # names ("a, b" = synonyms of one class), or VOCABULARY_FILE, a JSON list of names. Both empty:

@@ -55,6 +55,9 @@ def test_prompt_ensembles():
     assert prompt_templates("single") == PROMPT_ENSEMBLES["single"]
     with pytest.raises(ValueError, match="unknown prompt ensemble 'nope'"):
         prompt_templates("nope")
+    assert prompt_templates("a photo of a {}.") == ("a photo of a {}.",)  # one literal template
+    with pytest.raises(ValueError, match="unknown prompt ensemble"):
+        prompt_templates("a {} and a {}")
 
 
 def test_load_vocabulary_sources(tmp_path):

@@ -80,12 +80,16 @@ PROMPT_ENSEMBLES: dict[str, tuple[str, ...]] = {
 
 
 def prompt_templates(ensemble: str) -> tuple[str, ...]:
-    """The templates of a named prompt ensemble (a key of :data:`PROMPT_ENSEMBLES`)."""
-    if ensemble not in PROMPT_ENSEMBLES:
-        raise ValueError(
-            f"unknown prompt ensemble {ensemble!r}; choose from {list(PROMPT_ENSEMBLES)}"
-        )
-    return PROMPT_ENSEMBLES[ensemble]
+    """The templates of a named prompt ensemble (a key of :data:`PROMPT_ENSEMBLES`), or a
+    single literal template holding exactly one "{}" (e.g. "a photo of a {}.")."""
+    if ensemble in PROMPT_ENSEMBLES:
+        return PROMPT_ENSEMBLES[ensemble]
+    if ensemble.count("{}") == 1:
+        return (ensemble,)
+    raise ValueError(
+        f"unknown prompt ensemble {ensemble!r}; choose from {list(PROMPT_ENSEMBLES)} or give one "
+        'template with a single "{}"'
+    )
 
 
 def _validate_names(names, source: str) -> list[str]:

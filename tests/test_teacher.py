@@ -19,6 +19,8 @@ def test_ema_update_matches_hand_computation(tiny_vit):
         t = dict(teacher.encoder.named_parameters())[name]
         expected = 0.9 * before[name] + 0.1 * p.detach()
         torch.testing.assert_close(t, expected, atol=1e-6, rtol=1e-6)
+        # bit for bit the reference's in-place order of operations (rounding included)
+        assert torch.equal(t, before[name].clone().mul_(0.9).add_(p.detach(), alpha=0.1)), name
         assert t.dtype == torch.float32 and not t.requires_grad
     # The student is untouched and does not share storage with the teacher.
     assert all(

@@ -54,9 +54,11 @@ class MomentumTeacher(nn.Module):
             student_params[name].detach().to(device=t.device, dtype=t.dtype)
             for name, t in teacher_params.items()
         ]
-        # lerp(t, s, 1 - m) = t + (1 - m)(s - t) = m t + (1 - m) s, as one multi-tensor op; it
-        # also leaves a teacher tensor bit-identical to a frozen student tensor it equals.
-        torch._foreach_lerp_(teacher_list, student_list, 1.0 - self.momentum)
+        # m * t + (1 - m) * s with the reference's order of operations (so a teacher copy of a
+        # frozen student tensor drifts by rounding exactly as in the reference, METHOD §6), as
+        # two multi-tensor ops instead of a Python loop over tensors.
+        torch._foreach_mul_(teacher_list, self.momentum)
+        torch._foreach_add_(teacher_list, student_list, alpha=1.0 - self.momentum)
         student_buffers = dict(student.named_buffers())
         for name, buf in self.encoder.named_buffers():
             buf.copy_(student_buffers[name])

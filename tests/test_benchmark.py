@@ -152,3 +152,12 @@ def test_bad_arguments_fail_with_a_clear_message(capsys):
         "matmul:fp32",
         "matmul:bf16",
     ]
+
+
+def test_config_overrides_reach_the_benchmarked_model(capsys):
+    args = bench.parse_args(["--quick", "--opts", "MODEL.CLIP.GRAD_CHECKPOINTING", "True"])
+    cfg = bench.build_cfg("vit", "fp32", bench.QUICK, True, args.opts)
+    assert cfg.MODEL.CLIP.GRAD_CHECKPOINTING is True
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--opts", "MODEL.CLIP.GRAD_CHECKPOINTING"])
+    assert "KEY VALUE pairs" in capsys.readouterr().err

@@ -306,3 +306,25 @@ def test_fixed_class_name_prompts_replace_the_learnable_classes():
     assert torch.isfinite(loss) and head.decoder.proj.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="CLASS_NAMES.*NUM_CLUSTERS"):
         build_model(tiny_cfg(**{"MODEL.PROMPT.CLASS_NAMES": names}))  # 4 names, k = 8
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-convnext"])
+def test_grad_checkpointing_gives_the_same_loss_and_gradients(name):
+    results = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = build_model(tiny_cfg(name, **{"MODEL.CLIP.GRAD_CHECKPOINTING": on}))
+        if name == "tiny-vit":
+            assert model.backbone.encoder.visual.transformer.grad_checkpointing == on
+            assert not model.teacher.encoder.visual.transformer.grad_checkpointing
+        model.train()
+        with EventStorage():
+            loss = model(training_batch())["loss_masks"]
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a)
+    assert grads_a.keys() == grads_b.keys() and any(n.startswith("backbone.") for n in grads_a)
+    for n in grads_a:
+        torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-4, atol=1e-6, msg=n)

@@ -205,7 +205,7 @@ def machine_description(threads: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ model set-up
-def build_cfg(model: str, precision: str, s: dict, quick: bool):
+def build_cfg(model: str, precision: str, s: dict, quick: bool, opts: list[str] | None = None):
     from detectron2.config import get_cfg
 
     from pixelclip.config import add_pixelclip_config
@@ -229,6 +229,7 @@ def build_cfg(model: str, precision: str, s: dict, quick: bool):
     cfg.MODEL.PIXELCLIP.PRECISION = precision
     cfg.MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE = s["ensemble"]
     cfg.SEED = 0
+    cfg.merge_from_list(list(opts or []))
     return cfg
 
 
@@ -315,7 +316,7 @@ def instrument(model, timed) -> None:
 def bench_train(spec: str, s: dict, args) -> dict:
     _, model, load, precision = spec.split(":")
     size = s["models"][model]["res"] if load == "base" else s["realistic_crop"]
-    cfg = build_cfg(model, precision, s, args.quick)
+    cfg = build_cfg(model, precision, s, args.quick, args.opts)
     step = make_train_step(cfg, s["masks"][load], size)
     flops = count_flops(step)  # the first warm-up run
     out = summary(timed_runs(step, args.warmup - 1, args.repeats))
@@ -335,7 +336,7 @@ def bench_profile(spec: str, s: dict, args) -> dict:
     import torch
 
     _, model, load, precision = spec.split(":")
-    cfg = build_cfg(model, precision, s, args.quick)
+    cfg = build_cfg(model, precision, s, args.quick, args.opts)
     phases: dict[str, float] = {}
     step = make_train_step(cfg, s["masks"][load], s["models"][model]["res"], phases)
     flops, per_module = count_flops(step, by_module=True)  # the warm-up run
@@ -366,7 +367,7 @@ def bench_infer(spec: str, s: dict, args) -> dict:
     from pixelclip.inference.vocabulary import load_vocabulary
 
     _, model_key, protocol, precision = spec.split(":")
-    cfg = build_cfg(model_key, precision, s, args.quick)
+    cfg = build_cfg(model_key, precision, s, args.quick, args.opts)
     cfg.MODEL.PIXELCLIP.TEST.PROTOCOL = protocol
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -580,6 +581,8 @@ def run_isolated(spec: str, args) -> dict:
         cmd.append("--quick")
     if args.sample_dir:
         cmd += ["--sample-dir", args.sample_dir]
+    if args.opts:
+        cmd += ["--opts", *args.opts]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(key, str(args.threads))
@@ -680,12 +683,21 @@ def parse_args(argv=None):
         action="store_true",
         help="run every benchmark in this process (faster; peak RSS values then mix)",
     )
+    p.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides of the train/infer models, e.g. MODEL.CLIP.GRAD_CHECKPOINTING True",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--sample-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for key in ("warmup", "repeats", "threads"):
         if getattr(args, key) < 1:
             p.error(f"--{key} must be >= 1, got {getattr(args, key)}")
+    if len(args.opts) % 2:
+        p.error(f"--opts takes KEY VALUE pairs, got {args.opts}")
     return args
 
 

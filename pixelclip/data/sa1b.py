@@ -11,6 +11,11 @@ SA-1B layout (the release layout, https://ai.meta.com/datasets/segment-anything/
       sa_000001/...
       (images directly in the root are found too)
 
+The JSON files may also live in a separate folder (``annotation_root``, config key
+``DATASETS.SA1B.ANNOTATION_ROOT``) that mirrors the image tree: the annotation of
+``ROOT/sa_000000/sa_1.jpg`` is then ``ANNOTATION_ROOT/sa_000000/sa_1.json``, which is the tree
+``tools/generate_masks.py --output`` writes.
+
 Dataset dicts hold ``file_name``, ``annotation_file`` and ``image_id`` (the file stem, e.g.
 "sa_1"); no ``height`` / ``width``: reading them would mean opening ~500k JSONs at listing time,
 so the mapper reports them from the decoded image instead.
@@ -65,6 +70,20 @@ def _existing_root(root: str | os.PathLike | None, what: str) -> Path:
         raise FileNotFoundError(
             f"{what} folder {str(path)!r} does not exist (DETECTRON2_DATASETS="
             f"{env!r}); put the data in $DETECTRON2_DATASETS/sa1b or set DATASETS.SA1B.ROOT"
+        )
+    return path
+
+
+def _existing_annotation_root(annotation_root: str | os.PathLike | None) -> Path | None:
+    """``annotation_root`` as a Path (None when unset); a missing folder is an error."""
+    if not annotation_root:
+        return None
+    path = Path(annotation_root)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"SA-1B annotation folder {str(path)!r} does not exist; set "
+            "DATASETS.SA1B.ANNOTATION_ROOT to the folder mirroring the image tree (what "
+            'tools/generate_masks.py --output writes), or to "" for the JSON next to each image'
         )
     return path
 
@@ -161,25 +180,42 @@ def load_sa1b_dicts(
     root: str | os.PathLike | None = None,
     subset: str | os.PathLike | None = None,
     max_images: int = 0,
+    *,
+    annotation_root: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Dataset dicts of SA-1B (see the module docstring); ``root=None`` = :func:`default_sa1b_root`.
 
+    Args:
+        annotation_root: folder mirroring the tree under ``root`` that holds the JSON files;
+            None or "" = the JSON next to each image. Annotation files are not checked here (a
+            missing one makes the mapper skip that sample with a warning).
+
     Returns:
-        dicts with ``file_name`` (the JPEG), ``annotation_file`` (the JSON next to it) and
-        ``image_id`` (the file stem).
+        dicts with ``file_name`` (the JPEG), ``annotation_file`` (``<stem>.json`` next to it, or
+        at the same relative path under ``annotation_root``) and ``image_id`` (the file stem).
+
+    Raises:
+        FileNotFoundError: ``root`` or ``annotation_root`` is not a folder, or no image is found.
     """
     root_path = _existing_root(root, "SA-1B root")
+    ann_path = _existing_annotation_root(annotation_root)
     dicts = []
     for rel in list_sa1b_images(root_path, subset, max_images):
         image = root_path / rel
+        # Same naming as tools/generate_masks.py's output_paths: only the last suffix changes.
+        json_rel = Path(rel).with_suffix(".json")
+        annotation = (ann_path / json_rel) if ann_path is not None else (root_path / json_rel)
         dicts.append(
             {
                 "file_name": str(image),
-                "annotation_file": str(image.with_suffix(".json")),
+                "annotation_file": str(annotation),
                 "image_id": image.stem,
             }
         )
-    logger.info("Loaded %d SA-1B images from %s", len(dicts), root_path)
+    logger.info(
+        "Loaded %d SA-1B images from %s (annotations: %s)",
+        len(dicts), root_path, ann_path if ann_path is not None else "next to the images",
+    )  # fmt: skip
     return dicts
 
 
@@ -234,6 +270,8 @@ def register_sa1b(
     root: str | os.PathLike | None = None,
     subset: str | os.PathLike | None = None,
     max_images: int = 0,
+    *,
+    annotation_root: str | os.PathLike | None = None,
 ) -> None:
     """Register SA-1B as ``name`` (lazily; re-registering a name replaces it).
 
@@ -243,24 +281,29 @@ def register_sa1b(
             loaded (not now).
         subset: optional subset list (see :func:`list_sa1b_images`).
         max_images: cap on the number of images (0 = no cap).
+        annotation_root: folder of the JSON files mirroring the image tree; None = next to each
+            image. Checked when the dataset is loaded (not now).
     """
     root = os.fspath(root) if root else None
     subset = os.fspath(subset) if subset else None
+    annotation_root = os.fspath(annotation_root) if annotation_root else None
     _register(
         name,
-        lambda: load_sa1b_dicts(root, subset, max_images),
+        lambda: load_sa1b_dicts(root, subset, max_images, annotation_root=annotation_root),
         root=root or "$DETECTRON2_DATASETS/sa1b",
+        annotation_root=annotation_root or "",
         evaluator_type="none",
     )
 
 
 def register_sa1b_from_config(cfg: CfgNode, name: str = SA1B_TRAIN) -> None:
-    """Re-register ``name`` with ``cfg.DATASETS.SA1B.{ROOT, SUBSET, MAX_IMAGES}``."""
+    """Re-register ``name`` from cfg.DATASETS.SA1B: ROOT, SUBSET, MAX_IMAGES, ANNOTATION_ROOT."""
     register_sa1b(
         name,
         root=cfg.DATASETS.SA1B.ROOT or None,
         subset=cfg.DATASETS.SA1B.SUBSET or None,
         max_images=int(cfg.DATASETS.SA1B.MAX_IMAGES),
+        annotation_root=cfg.DATASETS.SA1B.ANNOTATION_ROOT or None,
     )
 
 

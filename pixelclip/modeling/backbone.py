@@ -46,6 +46,9 @@ class CLIPDenseBackbone(Backbone):
             )
         encoder = build_dense_encoder(create_clip_from_config(cfg).visual, variant)
         apply_finetune_policy(encoder, policy)
+        # open_clip's switch; the dense read-out honours it only while gradients are recorded,
+        # so the momentum teacher (a copy that runs without gradients) is unaffected.
+        encoder.visual.set_grad_checkpointing(cfg.MODEL.CLIP.GRAD_CHECKPOINTING)
         return {"encoder": encoder}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

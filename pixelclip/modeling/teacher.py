@@ -31,6 +31,9 @@ class MomentumTeacher(nn.Module):
         self.momentum = float(momentum)
         self.encoder = copy.deepcopy(encoder)
         self.encoder.requires_grad_(False)
+        # Nothing to recompute without gradients (the student's setting is copied otherwise).
+        if hasattr(self.encoder.visual, "set_grad_checkpointing"):
+            self.encoder.visual.set_grad_checkpointing(False)
         self.train(False)
 
     def train(self, mode: bool = True) -> MomentumTeacher:

@@ -1,15 +1,19 @@
 """Lazy SA-1B / image-folder registration in detectron2's DatasetCatalog."""
 
+import importlib.util
 import logging
 import os
+from pathlib import Path
 
 import data_factory
+import numpy as np
 import pytest
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from pixelclip.config import add_pixelclip_config
 from pixelclip.data import sa1b
+from pixelclip.data.mapper import SA1BDatasetMapper
 from pixelclip.data.sa1b import (
     load_sa1b_annotations,
     register_all_sa1b,
@@ -105,8 +109,19 @@ def test_subset_cap_and_config(tree, tmp_path, caplog, catalog):
 
 def test_root_without_images_is_an_error(tmp_path):
     (tmp_path / "sa_000000").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"no SA-1B image \(\*\.jpg\) found"):
+    (tmp_path / "sa_000000" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match=r"no image \(\.jpg, .*\) found under"):
         sa1b.load_sa1b_dicts(tmp_path)
+
+
+def test_own_png_images_at_any_depth_are_listed(tmp_path):
+    from PIL import Image
+
+    for rel in ("b/10.png", "b/2.webp", "a/x/y/deep.jpeg", "top.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / rel)
+    (tmp_path / "b" / "2.json").write_text("{}")  # annotations are not images
+    assert sa1b.list_sa1b_images(tmp_path) == ["top.jpg", "a/x/y/deep.jpeg", "b/2.webp", "b/10.png"]
 
 
 def test_image_folder_registration(tmp_path, catalog):
@@ -137,3 +152,142 @@ def test_load_annotations_reports_the_file(tmp_path):
     path.write_text("[]")
     with pytest.raises(sa1b.SA1BFormatError, match="'annotations' list"):
         load_sa1b_annotations(path)
+
+
+# ------------------------------------------------------------ annotations in a separate tree
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pixelclip_cfg():
+    cfg = get_cfg()
+    add_pixelclip_config(cfg)
+    return cfg
+
+
+def _split_tree(tmp_path):
+    """Images under ``images/``, their JSON moved to the same relative paths under ``masks/``."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    samples = [
+        data_factory.write_sample(images, "top", 16, 16, num_masks=2, seed=1),
+        data_factory.write_sample(images / "sub", "x.v2", 16, 16, num_masks=3, seed=2),
+        data_factory.write_sample(images / "deep" / "er", "sa_7", 16, 16, num_masks=4, seed=3),
+    ]
+    for s in samples:
+        src = Path(s["annotation_file"])
+        dst = masks / src.relative_to(images)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+        s["annotation_file"] = str(dst)
+    return images, masks, samples
+
+
+def test_annotation_root_mirrors_the_image_tree(tmp_path, caplog, catalog):
+    images, masks, samples = _split_tree(tmp_path)
+    subset = tmp_path / "subset.txt"
+    subset.write_text("top\nsub/x.v2.jpg\ndeep/er/sa_7.jpg\n")  # the deeper image via a path
+    dicts = sa1b.load_sa1b_dicts(images, subset, annotation_root=masks)
+    assert [d["annotation_file"] for d in dicts] == [
+        str(masks / "top.json"),
+        str(masks / "sub" / "x.v2.json"),
+        str(masks / "deep" / "er" / "sa_7.json"),
+    ]
+    assert [d["file_name"] for d in dicts] == [s["file_name"] for s in samples]
+    assert _ids(dicts) == ["top", "x.v2", "sa_7"]
+    # Without the key nothing changes: the loader still points next to each image.
+    plain = sa1b.load_sa1b_dicts(images, subset)
+    assert plain[1]["annotation_file"] == str(images / "sub" / "x.v2.json")
+
+    # The config path: the listing finds the images at every depth.
+    cfg = _pixelclip_cfg()
+    cfg.DATASETS.SA1B.ROOT = str(images)
+    cfg.DATASETS.SA1B.ANNOTATION_ROOT = str(masks)
+    register_sa1b_from_config(cfg)
+    listed = DatasetCatalog.get("sa1b_train")
+    assert [(d["file_name"], d["annotation_file"]) for d in listed] == [
+        (str(images / "top.jpg"), str(masks / "top.json")),
+        (str(images / "deep" / "er" / "sa_7.jpg"), str(masks / "deep" / "er" / "sa_7.json")),
+        (str(images / "sub" / "x.v2.jpg"), str(masks / "sub" / "x.v2.json")),
+    ]
+    assert MetadataCatalog.get("sa1b_train").annotation_root == str(masks)
+
+    # The JSON files are read from the annotation tree, by the reader and by the mapper.
+    mapper = SA1BDatasetMapper(augmentations=[], mask_resolution=16)
+    for d, s in zip(dicts, samples):
+        segs, _ = load_sa1b_annotations(d["annotation_file"])
+        assert len(segs) == len(s["masks"])
+        out = mapper(d)
+        assert out is not None
+        # Identity geometry on a 16 x 16 grid: the stored masks come back (largest first).
+        got = sorted(m.tobytes() for m in out["masks"].numpy())
+        assert got == sorted(m.tobytes() for m in s["masks"] if m.any())
+
+    # A missing annotation file keeps the mapper's behaviour: a warning naming it, a skip.
+    os.remove(masks / "top.json")
+    with caplog.at_level(logging.WARNING):
+        assert mapper(dicts[0]) is None
+    assert str(masks / "top.json") in caplog.text and "annotation file not found" in caplog.text
+
+
+def test_missing_annotation_root_names_the_key_when_loaded(tmp_path, catalog):
+    images, _, _ = _split_tree(tmp_path)
+    nowhere = tmp_path / "no_masks_here"
+    register_sa1b("sa1b_ann_test", root=images, annotation_root=nowhere)  # lazy: no error yet
+    catalog.append("sa1b_ann_test")
+    cfg = _pixelclip_cfg()
+    cfg.DATASETS.SA1B.ROOT = str(images)
+    cfg.DATASETS.SA1B.ANNOTATION_ROOT = str(nowhere)
+    register_sa1b_from_config(cfg)
+    pattern = r"'.*no_masks_here'.*DATASETS\.SA1B\.ANNOTATION_ROOT"
+    for name in ("sa1b_ann_test", "sa1b_train"):
+        with pytest.raises(FileNotFoundError, match=pattern):
+            DatasetCatalog.get(name)
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(FileNotFoundError, match="a_file.*DATASETS.SA1B.ANNOTATION_ROOT"):
+        sa1b.load_sa1b_dicts(images, annotation_root=tmp_path / "a_file")
+
+
+def _load_generate_masks_tool():
+    spec = importlib.util.spec_from_file_location(
+        "generate_masks", REPO / "tools" / "generate_masks.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generate_masks_output_tree_is_what_the_loader_reads(tmp_path, capsys, catalog):
+    tool = _load_generate_masks_tool()
+    images, masks = tmp_path / "my_images", tmp_path / "my_masks"
+    data_factory.write_sample(images, "a", 12, 20, num_masks=1, seed=1)
+    data_factory.write_sample(images / "shard", "b.v2", 12, 20, num_masks=1, seed=2)
+    upper = data_factory.write_sample(images / "shard", "c", 12, 20, num_masks=1, seed=3)
+    Path(upper["file_name"]).rename(images / "shard" / "c.JPG")
+    for json_file in images.rglob("*.json"):
+        json_file.unlink()  # only the tool's output counts
+
+    found = tool.find_images(images)
+    expected = {str(i): str(o) for i, o in zip(found, tool.output_paths(found, images, masks))}
+    assert len(expected) == 3 and all(o.startswith(str(masks)) for o in expected.values())
+
+    def left_half(image):
+        mask = np.zeros(image.shape[:2], dtype=bool)
+        mask[:, : image.shape[1] // 2] = True
+        return [{"segmentation": mask}]
+
+    argv = ["--input", str(images), "--output", str(masks), "--source", "dino", "--no-progress"]
+    assert tool.main(argv, mask_fn=left_half) == 0
+    assert "processed 3, skipped 0, failed 0" in capsys.readouterr().out
+    assert sorted(str(p) for p in masks.rglob("*.json")) == sorted(expected.values())
+
+    cfg = _pixelclip_cfg()
+    cfg.merge_from_list(
+        ["DATASETS.SA1B.ROOT", str(images), "DATASETS.SA1B.ANNOTATION_ROOT", str(masks)]
+    )
+    register_sa1b_from_config(cfg)
+    dicts = DatasetCatalog.get("sa1b_train")
+    assert {d["file_name"]: d["annotation_file"] for d in dicts} == expected
+    mapper = SA1BDatasetMapper(augmentations=[], mask_resolution=4)
+    for d in dicts:
+        out = mapper(d)
+        assert out is not None and out["masks"].shape == (1, 4, 4)
+        assert out["masks"][0, :, :2].all() and not out["masks"][0, :, 2:].any()

@@ -9,8 +9,11 @@ any image folder, with either source of the paper:
 - ``--source dino``: k-means on DINO ViT-S/16 patch tokens (16 clusters; see
   ``pixelclip/data/dino_masks.py``) from a local ``dino_deitsmall16_pretrain.pth``.
 
-One JSON per image (``<stem>.json`` next to the image, or in a parallel tree under ``--output``),
-in the SA-1B release format read by the training pipeline (``pixelclip/data/sa1b_format.py``).
+One JSON per image (``<stem>.json`` next to the image, or at the same relative path in a parallel
+tree under ``--output``), in the SA-1B release format read by the training pipeline
+(``pixelclip/data/sa1b_format.py``). To train on an ``--output`` tree, set ``DATASETS.SA1B.ROOT``
+to the ``--input`` folder and ``DATASETS.SA1B.ANNOTATION_ROOT`` to the ``--output`` folder (the
+SA-1B loader lists the same image types as this tool, at any depth).
 
 Behaviour worth knowing:
 

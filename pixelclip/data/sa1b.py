@@ -9,7 +9,7 @@ SA-1B layout (the release layout, https://ai.meta.com/datasets/segment-anything/
     $DETECTRON2_DATASETS/sa1b/          (or DATASETS.SA1B.ROOT)
       sa_000000/sa_1.jpg  sa_000000/sa_1.json  ...      one folder per release tar
       sa_000001/...
-      (images directly in the root are found too)
+      (images at any depth are found; besides JPEG, PNG and WebP images of your own are read)
 
 The JSON files may also live in a separate folder (``annotation_root``, config key
 ``DATASETS.SA1B.ANNOTATION_ROOT``) that mirrors the image tree: the annotation of
@@ -50,7 +50,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SA1B_TRAIN = "sa1b_train"
-SA1B_IMAGE_SUFFIXES = (".jpg", ".jpeg")
+# SA-1B ships JPEGs; users' own image folders (tools/generate_masks.py) may hold PNG / WebP too.
+SA1B_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -110,18 +111,15 @@ def _read_subset(subset: str | os.PathLike, root: Path) -> list[str]:
 
 
 def _scan(root: Path, suffixes: Iterable[str]) -> list[str]:
-    """Images in ``root`` and its immediate sub-folders, as sorted relative POSIX paths."""
+    """Images anywhere under ``root``, as relative POSIX paths in natural order (folder by
+    folder, a folder's own images before its sub-folders')."""
     suffixes = tuple(suffixes)
     found = []
-    with os.scandir(root) as it:
-        entries = sorted(it, key=lambda e: _natural_key(e.name))
-    for entry in entries:
-        if entry.is_dir():
-            with os.scandir(entry.path) as sub:
-                names = [e.name for e in sub if e.name.lower().endswith(suffixes)]
-            found.extend(f"{entry.name}/{n}" for n in sorted(names, key=_natural_key))
-        elif entry.name.lower().endswith(suffixes):
-            found.append(entry.name)
+    for folder, subfolders, names in os.walk(root):
+        subfolders.sort(key=_natural_key)  # os.walk descends in this order
+        rel = Path(folder).relative_to(root).as_posix()
+        images = sorted((n for n in names if n.lower().endswith(suffixes)), key=_natural_key)
+        found.extend(n if rel == "." else f"{rel}/{n}" for n in images)
     return found
 
 
@@ -172,7 +170,9 @@ def list_sa1b_images(
     if max_images > 0:
         paths = paths[:max_images]
     if not paths:
-        raise FileNotFoundError(f"no SA-1B image (*.jpg) found under {str(root)!r}")
+        raise FileNotFoundError(
+            f"no image ({', '.join(SA1B_IMAGE_SUFFIXES)}) found under {str(root)!r}"
+        )
     return paths
 
 

@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 160 train / 40 dev / 40 test images, 60 iterations, 3 grid "
+        help="smoke run: 160 train / 40 dev / 40 test images, 100 iterations, 3 grid "
         "images (used by tests/test_quickstart.py)",
     )
     ap.add_argument(
@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.num_train, args.num_dev, args.num_test = 160, 40, 40
-        args.iters, args.grid_images = args.iters or 60, min(args.grid_images, 3)
+        args.iters, args.grid_images = args.iters or 100, min(args.grid_images, 3)
     if len(args.opts) % 2:
         ap.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
     known = list(ablations())

@@ -175,6 +175,31 @@ def test_inference_returns_every_image_at_its_original_size(protocol):
     torch.testing.assert_close(alone, outputs[1]["sem_seg"], rtol=1e-4, atol=1e-5)
 
 
+def test_slide_protocol_matches_a_window_by_window_computation():
+    cfg = tiny_cfg(**{"MODEL.PIXELCLIP.TEST.PROTOCOL": "slide"})  # crop 32, stride 16
+    model = build_model(cfg).eval()
+    names = ["red", "green", "blue"]
+    model.set_vocabulary(names)
+    image = torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8)
+    out = model([{"image": image, "height": 40, "width": 56}])[0]["sem_seg"]
+    # independent computation: every 32 x 32 window at rows 0, 8 and columns 0, 16, 24
+    x = (image.float() - model.pixel_mean) / model.pixel_std
+    text = model.sem_seg_head.class_embeddings(names)
+    total, count = torch.zeros(3, 40, 56), torch.zeros(1, 40, 56)
+    with torch.no_grad():
+        for y in (0, 8):
+            for x0 in (0, 16, 24):
+                feats = model.backbone.encoder(x[None, :, y : y + 32, x0 : x0 + 32])
+                cos = torch.einsum(
+                    "bdhw,cd->bchw", torch.nn.functional.normalize(feats, dim=1), text
+                )
+                total[:, y : y + 32, x0 : x0 + 32] += torch.nn.functional.interpolate(
+                    cos, size=(32, 32), mode="bilinear", align_corners=False
+                )[0]
+                count[:, y : y + 32, x0 : x0 + 32] += 1
+    torch.testing.assert_close(out, total / count, rtol=1e-4, atol=1e-5)
+
+
 def test_whole_protocol_matches_a_direct_computation(vit_model):
     model = vit_model.eval()
     names = ["red", "green"]

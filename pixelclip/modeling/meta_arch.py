@@ -340,10 +340,13 @@ class PixelCLIP(nn.Module):
         windows = torch.stack([image[:, y : y + crop, x0 : x0 + crop] for y, x0 in boxes])
         features = self.backbone(windows)["clip"]
         scores = self._cosine(features, classes)
-        scores = F.interpolate(scores, size=(crop, crop), mode="bilinear", align_corners=False)
         total = scores.new_zeros((classes.shape[0], full_h, full_w))
         count = scores.new_zeros((1, full_h, full_w))
         for (y, x0), score in zip(boxes, scores):
+            # one window at a time: never all (windows, C, crop, crop) upsampled scores at once
+            score = F.interpolate(
+                score[None], size=(crop, crop), mode="bilinear", align_corners=False
+            )[0]
             total[:, y : y + crop, x0 : x0 + crop] += score
             count[:, y : y + crop, x0 : x0 + crop] += 1
         return (total / count)[:, :height, :width]

@@ -75,7 +75,9 @@ def test_training_with_periodic_evaluation_does_not_leak(tmp_path):
     assert [s[0] for s in after] == list(range(WARM_UP, ITERATIONS + 1, 25))
     _, rss0, fds0 = after[0]
     growth = max(rss for _, rss, _ in after) - rss0
-    fd_growth = max(fds for _, _, fds in after) - fds0
+    # A leak stays; a file a background thread (event writers) holds open for a moment does not
+    # (seen once: 19 -> 20 -> 19 fds): judge the last samples, which follow the last evaluation.
+    fd_growth = min(fds for _, _, fds in after[-3:]) - fds0
     table = "\n".join(f"iter {i}: {r:.1f} MiB, {f} fds" for i, r, f in probe.samples)
     assert growth <= RSS_BOUND_MIB, f"RSS grew {growth:.1f} MiB after warm-up:\n{table}"
     assert fd_growth <= FD_BOUND, f"open fds grew by {fd_growth} after warm-up:\n{table}"

@@ -13,7 +13,8 @@ Steps (each printed with its duration):
      truth | baseline | PixelCLIP for a few test images).
 
 With ``--ablations`` the same seeds are also trained and evaluated with each ablation (a config
-override, see ABLATIONS) and reported as further rows of the same table.
+override, see ``ablations()``) and reported as further rows of the same table; ``--skip-main``
+trains the ablations only.
 
 Examples:
   tools/quickstart.py --output-dir output/quickstart

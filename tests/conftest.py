@@ -5,6 +5,7 @@ mirror the real architectures (a QuickGELU ViT with 16-pixel patches; a ConvNeXt
 timm trunk and a linear head) at a tiny width, with CLIP's real tokenizer vocabulary.
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -21,6 +22,19 @@ TINY_CONVNEXT = "tiny-convnext"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 open_clip.add_model_config(MODEL_CONFIGS)
+
+
+def load_script(path: str | Path, name: str):
+    """Import a script of the repository that is not in a package (tools/, demo/, datasets/).
+
+    Args:
+        path: the script, relative to the repository root (or absolute).
+        name: the module name to give it.
+    """
+    spec = importlib.util.spec_from_file_location(name, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_tiny_clip(name: str = TINY_VIT, seed: int = 0):

@@ -2,24 +2,19 @@
 mapper's agreement with the real one, target judgement, bad arguments. Timings are never
 asserted."""
 
-import importlib.util
 import json
 import statistics
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "pixelclip_benchmark_tool", REPO / "tools" / "benchmark.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/benchmark.py", "pixelclip_benchmark_tool")
 
 
 bench = _load_tool()

@@ -1,7 +1,6 @@
 """demo/demo.py end to end with a tiny random model: image folders with a corrupt file, a single
 image, a video, logits files, usage errors and a complete --help."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_script
 from detectron2.modeling import build_model
 from PIL import Image
 from test_meta_arch import tiny_cfg
@@ -27,10 +26,7 @@ SETTINGS = {"INPUT.MIN_SIZE_TEST": 0}
 
 
 def load_demo():
-    spec = importlib.util.spec_from_file_location("pixelclip_demo_under_test", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DEMO, "pixelclip_demo_under_test")
 
 
 demo = load_demo()

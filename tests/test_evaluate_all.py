@@ -3,14 +3,13 @@ with a tiny CLIP (mIoU against a confusion matrix computed here from the model's
 and the label PNGs), both protocols, checkpoints, --append, --max-images, missing benchmarks, the
 class-subset mIoU, the markdown/JSON tables and the command-line interface."""
 
-import importlib.util
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_tiny_clip
+from conftest import load_script, make_tiny_clip
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
@@ -32,12 +31,7 @@ SLIDE_SIZE = (80, 2048)  # --test-size 80 with the slide protocol's cap
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location(
-        "evaluate_all", REPO / "tools" / "evaluate_all.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/evaluate_all.py", "evaluate_all")
 
 
 cli = _load_cli()

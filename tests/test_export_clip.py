@@ -1,13 +1,13 @@
 """tools/export_clip.py: the fine-tuned CLIP written as an open_clip checkpoint that
 ``open_clip.create_model(name, pretrained=file)`` loads directly."""
 
-import importlib.util
 import math
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from conftest import load_script
 from test_reference_checkpoint import _source, to_reference_layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,10 +15,7 @@ MODEL_CONFIGS = REPO / "configs" / "clip_models"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("export_clip", REPO / "tools" / "export_clip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_clip.py", "export_clip")
 
 
 def _save(tmp_path, sd, name="model_final.pth"):

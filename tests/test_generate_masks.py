@@ -1,6 +1,5 @@
 """SA-1B JSON writing/reading and the mask-generation CLI (DINO and a tiny random SAM)."""
 
-import importlib.util
 import json
 import logging
 from functools import partial
@@ -9,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -25,12 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "generate_masks", REPO / "tools" / "generate_masks.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/generate_masks.py", "generate_masks")
 
 
 tool = _load_tool()

@@ -3,7 +3,6 @@
 import base64
 import csv
 import hashlib
-import importlib.util
 import io
 import subprocess
 import sys
@@ -11,17 +10,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_installer():
-    spec = importlib.util.spec_from_file_location(
-        "install_detectron2", REPO / "tools" / "install_detectron2.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/install_detectron2.py", "install_detectron2")
 
 
 installer = _load_installer()

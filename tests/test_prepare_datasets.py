@@ -6,13 +6,13 @@ class names, independently of the scripts' own tables.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
+from conftest import load_script
 from detectron2.data import DatasetCatalog
 from PIL import Image
 
@@ -22,14 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 SIZE = (16, 24)  # (H, W) of the fake label maps
 
 
-def load_script(name: str):
+def load_prepare_script(name: str):
     """Import datasets/<name>.py (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        f"_prepare_{name}", REPO / "datasets" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"datasets/{name}.py", f"_prepare_{name}")
 
 
 @pytest.fixture
@@ -98,7 +93,7 @@ def test_ade20k_prepare_and_load(tmp_path, monkeypatch, catalog_restored, capsys
     root, release = tmp_path / "root", tmp_path / "dl" / "ADEChallengeData2016"
     ids = ["ADE_val_00000001", "ADE_val_00000002", "ADE_val_00000003"]
     raws = make_ade_release(release, ids)
-    script = load_script("prepare_ade20k_150")
+    script = load_prepare_script("prepare_ade20k_150")
     argv = ["--release", str(release), "--root", str(root), "--quiet"]
     assert script.main(argv) == 0  # count differs (3 != 2000): a warning only
     assert "official split has 2000" in capsys.readouterr().err
@@ -124,7 +119,7 @@ def test_prepare_is_resumable_and_in_place(tmp_path, capsys):
     root = tmp_path / "root"
     release = root / "ADEChallengeData2016"  # release already under the root: used in place
     make_ade_release(release, ["a", "b"])
-    script = load_script("prepare_ade20k_150")
+    script = load_prepare_script("prepare_ade20k_150")
     argv = ["--root", str(root), "--quiet"]
     assert script.main(argv) == 0
     assert "2 converted, 0 already done" in capsys.readouterr().out
@@ -144,7 +139,7 @@ def test_prepare_is_resumable_and_in_place(tmp_path, capsys):
 
 
 def test_prepare_missing_folder_is_a_clear_error(tmp_path, capsys):
-    script = load_script("prepare_ade20k_150")
+    script = load_prepare_script("prepare_ade20k_150")
     with pytest.raises(SystemExit) as err:
         script.main(["--root", str(tmp_path), "--quiet"])
     assert err.value.code == 2
@@ -157,7 +152,7 @@ def test_prepare_rejects_rgb_labels_and_reports_missing_images(tmp_path, capsys)
     release = tmp_path / "ADEChallengeData2016"
     make_ade_release(release, ["a", "b"])
     os.remove(release / "images" / "validation" / "b.jpg")
-    script = load_script("prepare_ade20k_150")
+    script = load_prepare_script("prepare_ade20k_150")
     assert script.main(["--root", str(tmp_path), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "1 converted" in captured.out and "left out: b" in captured.err
@@ -186,7 +181,7 @@ def test_coco_stuff_prepare_and_load(tmp_path, monkeypatch, catalog_restored):
         raws[i] = tile(values, seed=n)
         write_png(dl / "stuffthingmaps" / "val2017" / f"{i}.png", raws[i])
         write_jpg(dl / "val2017" / f"{i}.jpg", n)
-    script = load_script("prepare_coco_stuff")
+    script = load_prepare_script("prepare_coco_stuff")
     argv = [
         "--images",
         str(dl / "val2017"),
@@ -230,7 +225,7 @@ def test_cityscapes_prepare_and_load(tmp_path, monkeypatch, catalog_restored):
             release / "leftImg8bit" / "val" / city / f"{stem}_leftImg8bit.png",
             np.zeros(SIZE, np.uint8),
         )
-    script = load_script("prepare_cityscapes")
+    script = load_prepare_script("prepare_cityscapes")
     assert script.main(["--root", str(tmp_path), "--quiet"]) == 0
     for city, stem in [
         ("frankfurt", "frankfurt_000000_000294"),
@@ -270,7 +265,7 @@ def test_voc_prepare_and_load(tmp_path, catalog_restored):
         write_jpg(voc / "JPEGImages" / f"{i}.jpg", n)
     write_jpg(voc / "JPEGImages" / "2007_999999.jpg")  # not in the split: not linked
     root = tmp_path / "root"
-    script = load_script("prepare_voc")
+    script = load_prepare_script("prepare_voc")
     assert script.main(["--voc", str(voc), "--root", str(root), "--quiet"]) == 0
     ann = root / "VOCdevkit" / "VOC2012" / "annotations_detectron2"
     for i in ids:
@@ -312,7 +307,7 @@ def test_pascal_context_prepare_and_load(tmp_path, catalog_restored):
         raws[i] = tile(values, seed=n)
         scipy.io.savemat(context / f"{i}.mat", {"LabelMap": raws[i].astype(np.uint16)})
         write_jpg(voc / "JPEGImages" / f"{i}.jpg", n)
-    script = load_script("prepare_pascal_context")
+    script = load_prepare_script("prepare_pascal_context")
     argv = ["--context", str(context), "--root", str(tmp_path), "--quiet"]
     assert script.main(argv) == 0
     ann = voc / "annotations_detectron2"

@@ -1,6 +1,5 @@
 """Contrastive pretraining of the small ToyWorld CLIP (tools/pretrain_toy_clip.py)."""
 
-import importlib.util
 import json
 import math
 
@@ -8,7 +7,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, make_tiny_clip
+from conftest import REPO, load_script, make_tiny_clip
 from safetensors.torch import load_file
 
 from pixelclip.data.toyworld import TOYWORLD_CLASSES, generate_toyworld
@@ -16,12 +15,7 @@ from pixelclip.modeling.clip import create_clip
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_toy_clip", REPO / "tools" / "pretrain_toy_clip.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/pretrain_toy_clip.py", "pretrain_toy_clip")
 
 
 tool = _load_tool()

@@ -9,13 +9,13 @@ world), so the margin below is deliberately loose.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,10 +24,7 @@ MIN_DEV_GAIN = 1.5
 
 
 def _load_quickstart():
-    spec = importlib.util.spec_from_file_location("quickstart", REPO / "tools" / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/quickstart.py", "quickstart")
 
 
 def _miou_from_predictions(preds: list[np.ndarray], labels: list[np.ndarray], n: int) -> float:

@@ -7,7 +7,6 @@ the documented mapping (docs/REFERENCE_CHECKPOINT.md), plus the keys the referen
 """
 
 import functools
-import importlib.util
 import logging
 import math
 import pickle
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from test_meta_arch import tiny_cfg
@@ -38,12 +38,7 @@ TEXT_LEFTOVERS = (
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_reference_checkpoint", REPO / "tools" / "convert_reference_checkpoint.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/convert_reference_checkpoint.py", "convert_reference_checkpoint")
 
 
 def to_reference_layout(sd: dict, with_teacher: bool = True) -> dict:

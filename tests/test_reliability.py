@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from data_factory import write_sa1b_folder
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
@@ -272,14 +273,7 @@ def test_empty_vocabulary_file_fails_at_build(tmp_path, content):
 
 # -------------------------------------------------- 5. interrupted mask generation
 def _mask_tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "generate_masks", REPO / "tools" / "generate_masks.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/generate_masks.py", "generate_masks")
 
 
 def _photos(root: Path) -> Path:

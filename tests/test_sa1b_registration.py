@@ -1,6 +1,5 @@
 """Lazy SA-1B / image-folder registration in detectron2's DatasetCatalog."""
 
-import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import data_factory
 import numpy as np
 import pytest
+from conftest import load_script
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -247,12 +247,7 @@ def test_missing_annotation_root_names_the_key_when_loaded(tmp_path, catalog):
 
 
 def _load_generate_masks_tool():
-    spec = importlib.util.spec_from_file_location(
-        "generate_masks", REPO / "tools" / "generate_masks.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/generate_masks.py", "generate_masks")
 
 
 def test_generate_masks_output_tree_is_what_the_loader_reads(tmp_path, capsys, catalog):

@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
     train_net, results = load_train_net(), {}
     variants = [] if args.skip_main else [("", args.label, [])]
-    variants += [(name, *ablations()[name]) for name in args.ablations]
+    ablation_table = ablations()
+    variants += [(name, *ablation_table[name]) for name in args.ablations]
     for name, label, extra in variants:
         trained = results[label] = []
         for seed in args.seeds:

@@ -144,7 +144,7 @@ def test_no_usable_placeholder_word(encoder, tokenizer, monkeypatch):
 
 def test_shared_prefix_matches_the_plain_tower_in_values_and_gradients(encoder, tokenizer):
     prompts = LearnablePrompts(text_encoder=encoder, tokenizer=tokenizer, num_clusters=K, length=L)
-    assert prompts.shared_prefix == 5 and encoder._prefix_capable()  # "<sot> a photo of a"
+    assert prompts.shared_prefix == 5 and encoder._standard_blocks()  # "<sot> a photo of a"
     seq = prompts.embedding_sequences(encoder)
     eot = prompts.eot_index.expand(K)
     weights = torch.randn(K, 32, generator=torch.Generator().manual_seed(0))

@@ -13,6 +13,8 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .attention import residual_block
+
 __all__ = [
     "DENSE_VARIANTS",
     "ConvNeXtDenseEncoder",
@@ -156,15 +158,14 @@ class ViTDenseEncoder(DenseCLIPEncoder):
         return z.transpose(1, 2).reshape(batch, -1, grid_h, grid_w).contiguous()
 
     def _run_blocks(self, x: Tensor) -> Tensor:
+        """All blocks but the last on batch-first (B, N, width) tokens (see .attention)."""
         transformer = self.visual.transformer
-        if not transformer.batch_first:
-            x = x.transpose(0, 1)
         for block in transformer.resblocks[:-1]:
             if transformer.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(residual_block, block, x, use_reentrant=False)
             else:
-                x = block(x)
-        return x if transformer.batch_first else x.transpose(0, 1)
+                x = residual_block(block, x)
+        return x
 
     def _last_block(self, x: Tensor, grid_h: int, grid_w: int) -> Tensor:
         block = self.visual.transformer.resblocks[-1]

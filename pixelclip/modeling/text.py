@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .attention import multi_head_attention, residual_block
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLIPTextEncoder", "LearnablePrompts"]
@@ -188,11 +190,14 @@ class CLIPTextEncoder(nn.Module):
         cast_dtype = self.transformer.get_cast_dtype()
         x = embeds.to(cast_dtype) + self.positional_embedding[:length].to(cast_dtype)
         mask = self.attn_mask[:length, :length]
-        if 0 < shared_prefix < length and self._prefix_capable():
+        if not self._standard_blocks():
+            x = self.transformer(x, attn_mask=mask)
+        elif 0 < shared_prefix < length:
             x = self._run_with_shared_prefix(x, mask, shared_prefix)
             eot_index = eot_index - shared_prefix
         else:
-            x = self.transformer(x, attn_mask=mask)
+            for block in self.transformer.resblocks:
+                x = residual_block(block, x, attn_mask=mask)
         x = self.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)]
         if self.text_projection is None:
@@ -201,16 +206,27 @@ class CLIPTextEncoder(nn.Module):
             return self.text_projection(x)
         return x @ self.text_projection
 
-    def _prefix_capable(self) -> bool:
-        """Whether the blocks are open_clip's batch-first self-attention blocks, which
-        :meth:`_run_with_shared_prefix` drives part by part (else the plain path is used)."""
+    def _standard_blocks(self) -> bool:
+        """Whether the blocks are open_clip's batch-first self-attention blocks with a fused
+        in-projection, which this class runs itself (:func:`.attention.residual_block`, and
+        :meth:`_run_with_shared_prefix`); other towers run through their own ``forward``."""
         blocks = getattr(self.transformer, "resblocks", None)
-        parts = ("ln_1", "attention", "ls_1", "ln_2", "mlp", "ls_2")
+        parts = ("ln_1", "ls_1", "ln_2", "mlp", "ls_2")
+
+        def standard(block) -> bool:
+            attn = getattr(block, "attn", None)
+            return (
+                all(hasattr(block, n) for n in parts)
+                and not hasattr(block, "ln_1_kv")
+                and isinstance(attn, nn.MultiheadAttention)
+                and attn.in_proj_weight is not None
+                and attn.bias_k is None
+            )
+
         return (
             blocks is not None
             and getattr(self.transformer, "batch_first", True)
-            and all(all(hasattr(b, n) for n in parts) for b in blocks)
-            and not any(hasattr(b, "ln_1_kv") for b in blocks)
+            and all(standard(b) for b in blocks)
         )
 
     def _run_with_shared_prefix(self, x: Tensor, mask: Tensor, prefix: int) -> Tensor:
@@ -230,12 +246,9 @@ class CLIPTextEncoder(nn.Module):
             head_in = block.ln_1(head)
             tail_in = block.ln_1(tail)
             keys = torch.cat([head_in.expand(tail.shape[0], -1, -1), tail_in], dim=1)
-            tail = tail + block.ls_1(
-                block.attention(q_x=tail_in, k_x=keys, v_x=keys, attn_mask=tail_mask)
-            )
+            tail = tail + block.ls_1(multi_head_attention(block.attn, tail_in, keys, tail_mask))
             tail = tail + block.ls_2(block.mlp(block.ln_2(tail)))
-            head = head + block.ls_1(block.attention(q_x=head_in, attn_mask=head_mask))
-            head = head + block.ls_2(block.mlp(block.ln_2(head)))
+            head = residual_block(block, head, attn_mask=head_mask)
         return tail
 
     @torch.no_grad()

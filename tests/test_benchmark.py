@@ -156,3 +156,21 @@ def test_config_overrides_reach_the_benchmarked_model(capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--opts", "MODEL.CLIP.GRAD_CHECKPOINTING"])
     assert "KEY VALUE pairs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["train:vit:base:fp32", "infer:vit:whole:fp32"])
+def test_peak_rss_is_read_before_the_flop_counting_run(spec, monkeypatch):
+    """FlopCounterMode costs memory the timed runs do not: its run must not set the peak."""
+    hog = []
+
+    def counting_run_that_hogs_memory(fn, by_module=False):
+        fn()
+        # more than the whole peak so far: the process's peak RSS must rise
+        hog.append(torch.ones(int((bench.peak_rss_mb() + 64) * 2**20), dtype=torch.uint8))
+        return 0
+
+    monkeypatch.setattr(bench, "count_flops", counting_run_that_hogs_memory)
+    monkeypatch.setattr(bench, "bench_matmul", lambda *a: {"gflops": 1.0})
+    args = bench.parse_args(["--quick", "--in-process", "--threads", "1", "--repeats", "1"])
+    result = bench.RUNNERS[spec.split(":")[0]](spec, bench.QUICK, args)
+    assert hog and result["peak_rss_mb"] < bench.peak_rss_mb() - 32

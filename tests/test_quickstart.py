@@ -75,7 +75,7 @@ def test_every_ablation_is_a_valid_config():
 
 
 @pytest.mark.slow
-def test_quickstart_quick_run_beats_baseline(tmp_path):
+def test_quickstart_quick_run_beats_baseline(tmp_path, monkeypatch):
     qs = _load_quickstart()
     summary = qs.main(["--quick", "--output-dir", str(tmp_path / "qs")])
     rows = {row["model"]: row for row in summary["table"]["rows"]}
@@ -104,3 +104,21 @@ def test_quickstart_quick_run_beats_baseline(tmp_path):
     labels = [np.asarray(Image.open(d["sem_seg_file_name"])) for d in dicts]
     expected = _miou_from_predictions(preds, labels, len(TOYWORLD_CLASSES))
     assert baseline["dev/mIoU"] == pytest.approx(expected, abs=0.05)
+
+    # --reuse-trained evaluates the trained run again instead of training it (and would train a
+    # run whose saved config differs: k = 8 here is not reused).
+    def no_training(*args):
+        raise AssertionError(f"trained again: {args[-2:]}")
+
+    monkeypatch.setattr(qs, "train", no_training)
+    again = qs.main(["--quick", "--output-dir", str(out), "--skip-baseline", "--reuse-trained"])
+    assert again["table"]["rows"][0] == trained
+    assert qs.trained_before(
+        str(qs.DEFAULT_CONFIG), ["SOLVER.MAX_ITER", "100"], str(out / "seed0"), 0
+    )
+    assert not qs.trained_before(
+        str(qs.DEFAULT_CONFIG),
+        ["SOLVER.MAX_ITER", "100", "MODEL.PROMPT.NUM_CLUSTERS", "8"],
+        str(out / "seed0"),
+        0,
+    )

@@ -110,6 +110,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-main", action="store_true", help="train only the ablations, not the config as is"
     )
     ap.add_argument(
+        "--reuse-trained",
+        action="store_true",
+        help="do not train a run whose folder already holds model_final.pth trained with the "
+        "same config (e.g. after an interrupted quickstart); evaluate it again",
+    )
+    ap.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 160 train / 40 dev / 40 test images, 100 iterations, 3 grid "
@@ -209,23 +215,35 @@ def evaluate_splits(cfg, model, output_dir: str) -> dict:
     return out
 
 
+def train_overrides(opts: list[str], output_dir: str, seed: int) -> list[str]:
+    """The config overrides of one training run (train_net saves the result as config.yaml)."""
+    return [*opts, "OUTPUT_DIR", output_dir, "SEED", str(seed),
+            "DATASETS.TRAIN", '("toyworld_train",)', "DATASETS.TEST", "()"]  # fmt: skip
+
+
+def trained_before(config_file: str, opts: list[str], output_dir: str, seed: int) -> str | None:
+    """``output_dir``/model_final.pth if it exists and its config.yaml equals the config this run
+    would train with; None otherwise (a mismatch is printed)."""
+    weights, saved = Path(output_dir) / "model_final.pth", Path(output_dir) / "config.yaml"
+    if not (weights.is_file() and saved.is_file()):
+        return None
+    import yaml
+
+    wanted = build_cfg(config_file, train_overrides(opts, output_dir, seed), output_dir)
+    # Compared as plain YAML data: tuples and lists, and YAML anchors, differ between the two.
+    if yaml.safe_load(build_cfg(str(saved), [], output_dir).dump()) != yaml.safe_load(
+        wanted.dump()
+    ):
+        print(f"not reusing {weights}: {saved} differs from this run's config")
+        return None
+    return str(weights)
+
+
 def train(train_net, config_file: str, opts: list[str], output_dir: str, seed: int) -> str:
     """Train with tools/train_net.py's ``main``; returns the path of model_final.pth."""
     from detectron2.engine import default_argument_parser
 
-    argv = [
-        "--config-file",
-        config_file,
-        *opts,
-        "OUTPUT_DIR",
-        output_dir,
-        "SEED",
-        str(seed),
-        "DATASETS.TRAIN",
-        '("toyworld_train",)',
-        "DATASETS.TEST",
-        "()",
-    ]
+    argv = ["--config-file", config_file, *train_overrides(opts, output_dir, seed)]
     # train_net's setup() adds log handlers to these loggers each time; restore them afterwards
     # so that several seeds do not print every line several times.
     names = ("detectron2", "pixelclip", "fvcore", "d2")
@@ -396,15 +414,21 @@ def main(argv: list[str] | None = None) -> dict:
         trained = results[label] = []
         for seed in args.seeds:
             folder = str(out / (f"{name}-seed{seed}" if name else f"seed{seed}"))
-            weights = steps.run(
-                f"3. Train {label}, seed {seed}",
-                train,
-                train_net,
-                args.config_file,
-                opts + extra,
-                folder,
-                seed,
+            weights = args.reuse_trained and trained_before(
+                args.config_file, opts + extra, folder, seed
             )
+            if weights:
+                print(f"==> 3. Reusing {weights} (--reuse-trained)")
+            else:
+                weights = steps.run(
+                    f"3. Train {label}, seed {seed}",
+                    train,
+                    train_net,
+                    args.config_file,
+                    opts + extra,
+                    folder,
+                    seed,
+                )
             cfg_s = build_cfg(args.config_file, opts + extra, folder)
 
             def run_eval(cfg_s=cfg_s, weights=weights, folder=folder, label=label, name=name):

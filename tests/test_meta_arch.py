@@ -258,6 +258,26 @@ def test_bf16_autocast_trains_and_infers(caplog):
     assert out.shape == (2, 32, 48) and out.dtype == torch.float32
 
 
+def test_cost_maps_and_decoder_stem_stay_float32_under_bf16():
+    """bf16 would round the cosines to steps of 2^-9 near 0.3: they and the stem stay fp32."""
+    head = build_model(tiny_cfg()).sem_seg_head
+    seen = []
+    head.decoder.conv0.register_forward_hook(lambda m, i, o: seen.append((i[0], o.dtype)))
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 32, 4, 4, generator=g).bfloat16()
+    prompts = torch.randn(3, 32, generator=g)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(features, prompts)
+    cost, stem_dtype = seen[0]
+    assert cost.dtype == stem_dtype == torch.float32 and logits.shape == (1, 3, 16, 16)
+    expected = torch.einsum(
+        "bdhw,kd->bkhw",
+        torch.nn.functional.normalize(features.float(), dim=1),
+        torch.nn.functional.normalize(prompts, dim=-1),
+    )
+    torch.testing.assert_close(cost.view(1, 3, 4, 4), expected, atol=1e-6, rtol=1e-6)
+
+
 def test_dino_mask_source_trains_without_mask_files():
     cfg = tiny_cfg(
         **{"INPUT.MASK_SOURCE": "dino", "MODEL.DINO.RESOLUTION": 64, "MODEL.DINO.NUM_CLUSTERS": 4}

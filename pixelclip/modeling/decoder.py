@@ -124,8 +124,11 @@ class ConvHead(nn.Module):
         return x.reshape(num_images, num_clusters, *x.shape[-2:])
 
     def _decode(self, maps: Tensor) -> Tensor:
-        """(N, 1, h, w) -> (N, 1, 4h, 4w) logits for the default two stages."""
-        x = self.conv0(maps).contiguous(memory_format=torch.channels_last)
+        """(N, 1, h, w) -> (N, 1, 4h, 4w) logits for the default two stages. The stem runs in
+        float32 under autocast too (it reads the cost maps: 1 input channel, cheap)."""
+        with torch.autocast(device_type=maps.device.type, enabled=False):
+            x = self.conv0(maps.to(self.conv0.weight.dtype))
+        x = x.contiguous(memory_format=torch.channels_last)
         for i in range(1, self.num_stages + 1):
             x = getattr(self, f"conv{i}")(getattr(self, f"up{i}")(x))
         return self.proj(x).contiguous()

@@ -115,13 +115,19 @@ class PixelCLIPHead(nn.Module):
 
         Returns:
             (B, k, 4h, 4w) logits: the decoder applied to each cosine cost map (no temperature).
+
+        The cosines are computed in float32 even under bf16 autocast (a few MFLOP): bf16 would
+        round them to steps of 2^-9 near 0.3, coarse against the spread of the values the
+        decoder reads; the decoder's stem takes them in float32 as well (ConvHead).
         """
-        features = F.normalize(features, dim=1)
-        classes = F.normalize(prompt_embeddings, dim=-1).to(features.dtype)
-        if classes.dim() == 3:
-            cost = torch.einsum("bdhw,bkd->bkhw", features, classes)
-        else:
-            cost = torch.einsum("bdhw,kd->bkhw", features, classes)
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            dtype = torch.promote_types(features.dtype, torch.float32)
+            features = F.normalize(features.to(dtype), dim=1)
+            classes = F.normalize(prompt_embeddings.to(dtype), dim=-1)
+            if classes.dim() == 3:
+                cost = torch.einsum("bdhw,bkd->bkhw", features, classes)
+            else:
+                cost = torch.einsum("bdhw,kd->bkhw", features, classes)
         return self.decoder(cost)
 
     def class_embeddings(self, class_names: list[str]) -> torch.Tensor:

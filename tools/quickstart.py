@@ -229,11 +229,11 @@ def trained_before(config_file: str, opts: list[str], output_dir: str, seed: int
         return None
     import yaml
 
+    def plain(cfg):  # tuples vs lists and YAML anchors differ between the two configs
+        return yaml.safe_load(cfg.dump())
+
     wanted = build_cfg(config_file, train_overrides(opts, output_dir, seed), output_dir)
-    # Compared as plain YAML data: tuples and lists, and YAML anchors, differ between the two.
-    if yaml.safe_load(build_cfg(str(saved), [], output_dir).dump()) != yaml.safe_load(
-        wanted.dump()
-    ):
+    if plain(build_cfg(str(saved), [], output_dir)) != plain(wanted):
         print(f"not reusing {weights}: {saved} differs from this run's config")
         return None
     return str(weights)

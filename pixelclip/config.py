@@ -41,8 +41,8 @@ def add_pixelclip_config(cfg: CN) -> None:
     # "full" (whole image tower), "none" (frozen).
     cfg.MODEL.CLIP.FINETUNE = "attention"
     # Recompute the student image tower's blocks in the backward pass instead of keeping their
-    # activations: less memory (peak RSS of a ViT-B/16 step of 2 images on CPU 3.40 -> 3.26 GB),
-    # one more forward pass (9.5 -> 10.3 s there).
+    # activations: less memory (peak RSS of a ViT-B/16 step of 2 images on a 2-core CPU, fp32:
+    # 3168 -> 2842 MiB), one more forward pass (5.7 -> 6.7 s there; docs/PERFORMANCE.md).
     cfg.MODEL.CLIP.GRAD_CHECKPOINTING = False
 
     # ------------------------------------------------------------------ learnable class prompts

@@ -26,7 +26,7 @@ Benchmark names (``--only`` takes names or prefixes such as ``train:vit``):
 Model FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions
 and attention, forward and backward; 1 multiply-add = 2 FLOPs) in one more run after the timed
 ones. Peak RSS of the training and inference benchmarks is read before that run: under the
-counter's dispatch mode a ViT-B/16 training step peaked at 3.57 GB against 3.14 GB without.
+counter's dispatch mode a ViT-B/16 training step peaked at 3569 MiB against 3136 MiB without.
 
 Usage:
     python tools/benchmark.py --output benchmark.json               # everything (slow on CPU)

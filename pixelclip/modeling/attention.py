@@ -16,7 +16,21 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["multi_head_attention", "residual_block"]
+__all__ = ["multi_head_attention", "residual_block", "supports_block"]
+
+
+def supports_block(block: nn.Module) -> bool:
+    """Whether :func:`residual_block` can run ``block``: open_clip's pre-norm block layout (ln_1,
+    ls_1, ln_2, mlp, ls_2; no separate key/value norm) with an ``nn.MultiheadAttention`` that has
+    a fused in-projection and no bias_k / bias_v."""
+    attn = getattr(block, "attn", None)
+    return (
+        all(hasattr(block, n) for n in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2"))
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attn, nn.MultiheadAttention)
+        and attn.in_proj_weight is not None
+        and attn.bias_k is None
+    )
 
 
 def multi_head_attention(

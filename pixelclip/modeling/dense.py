@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from open_clip.timm_model import TimmModel
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import residual_block
+from .attention import residual_block, supports_block
 
 __all__ = [
     "DENSE_VARIANTS",
@@ -282,10 +282,8 @@ def _check_vit(visual: VisionTransformer) -> None:
     if visual.positional_embedding.shape[0] != 1 + visual.grid_size[0] * visual.grid_size[1]:
         raise ValueError("ViT positional table does not match its grid plus one class token")
     for block in visual.transformer.resblocks:
-        attn = getattr(block, "attn", None)
-        if not isinstance(block, ResidualAttentionBlock) or not isinstance(
-            attn, nn.MultiheadAttention
-        ):
-            raise ValueError(f"unsupported ViT block {type(block).__name__} (custom attention)")
-        if attn.in_proj_weight is None or attn.bias_k is not None:
-            raise ValueError("ViT attention must use a fused in-projection without bias_k/bias_v")
+        if not supports_block(block):
+            raise ValueError(
+                f"unsupported ViT block {type(block).__name__}: needs open_clip's block layout "
+                "with nn.MultiheadAttention, a fused in-projection and no bias_k/bias_v"
+            )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .attention import multi_head_attention, residual_block
+from .attention import multi_head_attention, residual_block, supports_block
 
 logger = logging.getLogger(__name__)
 
@@ -211,22 +211,10 @@ class CLIPTextEncoder(nn.Module):
         in-projection, which this class runs itself (:func:`.attention.residual_block`, and
         :meth:`_run_with_shared_prefix`); other towers run through their own ``forward``."""
         blocks = getattr(self.transformer, "resblocks", None)
-        parts = ("ln_1", "ls_1", "ln_2", "mlp", "ls_2")
-
-        def standard(block) -> bool:
-            attn = getattr(block, "attn", None)
-            return (
-                all(hasattr(block, n) for n in parts)
-                and not hasattr(block, "ln_1_kv")
-                and isinstance(attn, nn.MultiheadAttention)
-                and attn.in_proj_weight is not None
-                and attn.bias_k is None
-            )
-
         return (
             blocks is not None
             and getattr(self.transformer, "batch_first", True)
-            and all(standard(b) for b in blocks)
+            and all(supports_block(b) for b in blocks)
         )
 
     def _run_with_shared_prefix(self, x: Tensor, mask: Tensor, prefix: int) -> Tensor:

@@ -19,8 +19,10 @@ from conftest import load_script
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-# Below the dev gain this seeded run gives (measured: see the README, ToyWorld quickstart).
-MIN_DEV_GAIN = 1.5
+# Below the dev gain this seeded run gives (measured: `tools/quickstart.py --quick` gives dev
+# 30.5 -> 35.3 with k = 32; it gave 30.5 -> 32.7 with k = 16), with a margin for CPUs whose
+# rounding differs.
+MIN_DEV_GAIN = 2.5
 
 
 def _load_quickstart():

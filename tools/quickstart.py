@@ -69,6 +69,7 @@ def ablations() -> dict[str, tuple[str, list[str]]]:
             + ["MODEL.PROMPT.NUM_CLUSTERS", str(len(TOYWORLD_CLASSES))],
         ),
         "k8": ("k = 8", ["MODEL.PROMPT.NUM_CLUSTERS", "8"]),
+        "k16": ("k = 16", ["MODEL.PROMPT.NUM_CLUSTERS", "16"]),
         "k32": ("k = 32", ["MODEL.PROMPT.NUM_CLUSTERS", "32"]),
     }
 
@@ -104,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="NAME",
         help="also train these ablations (each with every seed): 'all' or names among "
-        "no-clustering, no-teacher, frozen-prompts, class-name-prompts, k8, k32",
+        "no-clustering, no-teacher, frozen-prompts, class-name-prompts, k8, k16, k32",
     )
     ap.add_argument(
         "--skip-main", action="store_true", help="train only the ablations, not the config as is"

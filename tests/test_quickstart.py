@@ -45,6 +45,10 @@ def test_quickstart_rejects_odd_overrides():
     qs = _load_quickstart()
     with pytest.raises(SystemExit):
         qs.parse_args(["--quick", "MODEL.PROMPT.NUM_CLUSTERS"])
+    with pytest.raises(SystemExit):  # an option after the overrides would become one
+        qs.parse_args(["MODEL.PROMPT.NUM_CLUSTERS", "8", "--ablations", "k8"])
+    args = qs.parse_args(["--ablations", "k8", "--", "SOLVER.MAX_ITER", "5"])
+    assert args.ablations == ["k8"] and args.opts == ["SOLVER.MAX_ITER", "5"]
 
 
 def test_summary_mean_std_matches_hand_values():
@@ -74,6 +78,19 @@ def test_every_ablation_is_a_valid_config():
             model = build_model(cfg)  # NUM_CLUSTERS matches the names
             assert model.sem_seg_head.prompt_embeddings().shape[0] == len(TOYWORLD_CLASSES)
         assert label
+
+
+def test_an_ablation_equal_to_the_config_is_not_trained_twice():
+    qs = _load_quickstart()
+    k = qs.build_cfg(str(qs.DEFAULT_CONFIG), [], "").MODEL.PROMPT.NUM_CLUSTERS
+    same, other = f"k{k}", next(n for n in ("k8", "k16", "k32") if n != f"k{k}")
+    args = qs.parse_args(["--ablations", other, same, "no-teacher"])
+    assert [name for name, _, _ in qs.runs_to_train(args, [])] == ["", other, "no-teacher"]
+    # With other overrides the same ablation changes the config.
+    opts = ["MODEL.PROMPT.NUM_CLUSTERS", "4"]
+    assert [name for name, _, _ in qs.runs_to_train(args, opts)] == ["", other, same, "no-teacher"]
+    args = qs.parse_args(["--skip-main", "--ablations", other, same])
+    assert [name for name, _, _ in qs.runs_to_train(args, [])] == [other, same]
 
 
 @pytest.mark.slow

@@ -13,8 +13,10 @@ Steps (each printed with its duration):
      truth | baseline | PixelCLIP for a few test images).
 
 With ``--ablations`` the same seeds are also trained and evaluated with each ablation (a config
-override, see ``ablations()``) and reported as further rows of the same table; ``--skip-main``
-trains the ablations only.
+override, see ``ablations()``) and reported as further rows of the same table; an ablation that
+leaves the config unchanged (k32 with the default k = 32) is not trained twice; ``--skip-main``
+trains the ablations only. KEY VALUE overrides come last; after the names of ``--ablations``
+separate them with ``--`` (``--ablations k8 -- SOLVER.MAX_ITER 300``).
 
 Examples:
   tools/quickstart.py --output-dir output/quickstart
@@ -132,6 +134,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.num_train, args.num_dev, args.num_test = 160, 40, 40
         args.iters, args.grid_images = args.iters or 100, min(args.grid_images, 3)
+    if args.opts[:1] == ["--"]:  # "--ablations k8 -- KEY VALUE": the list ends at "--"
+        args.opts = args.opts[1:]
+    if any(o.startswith("--") for o in args.opts):
+        ap.error(f"options must come before the KEY VALUE overrides, got {args.opts}")
     if len(args.opts) % 2:
         ap.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
     known = list(ablations())
@@ -213,6 +219,22 @@ def evaluate_splits(cfg, model, output_dir: str) -> dict:
             f"    {split}: mIoU {m['mIoU']:.1f} (stuff {out[split]['stuff']:.1f}, "
             f"things {out[split]['things']:.1f})"
         )
+    return out
+
+
+def runs_to_train(args: argparse.Namespace, opts: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(name, row label, extra overrides) of the main run ("") and of each ablation; an ablation
+    that leaves the config unchanged (e.g. k32 when the config has k = 32) is the main run and
+    is skipped unless ``--skip-main``."""
+    table = ablations()
+    main_cfg = build_cfg(args.config_file, opts, "")
+    out = [] if args.skip_main else [("", args.label, [])]
+    for name in args.ablations:
+        label, extra = table[name]
+        if not args.skip_main and build_cfg(args.config_file, opts + extra, "") == main_cfg:
+            print(f"==> skipping ablation {name}: it is the config itself (the {args.label} rows)")
+            continue
+        out.append((name, label, extra))
     return out
 
 
@@ -408,9 +430,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
         )
     train_net, results = load_train_net(), {}
-    variants = [] if args.skip_main else [("", args.label, [])]
-    ablation_table = ablations()
-    variants += [(name, *ablation_table[name]) for name in args.ablations]
+    variants = runs_to_train(args, opts)
     for name, label, extra in variants:
         trained = results[label] = []
         for seed in args.seeds:

@@ -222,6 +222,14 @@ def evaluate_splits(cfg, model, output_dir: str) -> dict:
     return out
 
 
+def same_config(a, b) -> bool:
+    """Whether two configs hold the same values (compared through their YAML dumps: a config read
+    back from YAML has lists where a merged one may have tuples)."""
+    import yaml
+
+    return yaml.safe_load(a.dump()) == yaml.safe_load(b.dump())
+
+
 def runs_to_train(args: argparse.Namespace, opts: list[str]) -> list[tuple[str, str, list[str]]]:
     """(name, row label, extra overrides) of the main run ("") and of each ablation; an ablation
     that leaves the config unchanged (e.g. k32 when the config has k = 32) is the main run and
@@ -231,7 +239,8 @@ def runs_to_train(args: argparse.Namespace, opts: list[str]) -> list[tuple[str, 
     out = [] if args.skip_main else [("", args.label, [])]
     for name in args.ablations:
         label, extra = table[name]
-        if not args.skip_main and build_cfg(args.config_file, opts + extra, "") == main_cfg:
+        config = build_cfg(args.config_file, opts + extra, "")
+        if not args.skip_main and same_config(config, main_cfg):
             print(f"==> skipping ablation {name}: it is the config itself (the {args.label} rows)")
             continue
         out.append((name, label, extra))
@@ -250,13 +259,8 @@ def trained_before(config_file: str, opts: list[str], output_dir: str, seed: int
     weights, saved = Path(output_dir) / "model_final.pth", Path(output_dir) / "config.yaml"
     if not (weights.is_file() and saved.is_file()):
         return None
-    import yaml
-
-    def plain(cfg):  # tuples vs lists and YAML anchors differ between the two configs
-        return yaml.safe_load(cfg.dump())
-
     wanted = build_cfg(config_file, train_overrides(opts, output_dir, seed), output_dir)
-    if plain(build_cfg(str(saved), [], output_dir)) != plain(wanted):
+    if not same_config(build_cfg(str(saved), [], output_dir), wanted):
         print(f"not reusing {weights}: {saved} differs from this run's config")
         return None
     return str(weights)

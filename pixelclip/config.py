@@ -79,6 +79,10 @@ def add_pixelclip_config(cfg: CN) -> None:
     # Cost maps the decoder processes together under activation checkpointing (same result, less
     # memory; faster on CPU, see docs/PERFORMANCE.md); 0 = all maps at once, no checkpointing.
     cfg.MODEL.PIXELCLIP.DECODER_CHUNK_SIZE = 16
+    # False: MODEL.WEIGHTS must match the model exactly (missing, unexpected, mis-shaped keys are
+    # an error). True: load what matches and log every other key as a warning (fine-tuning from
+    # a checkpoint of another setup).
+    cfg.MODEL.PIXELCLIP.ALLOW_PARTIAL_WEIGHTS = False
 
     # ------------------------------------------------------------------------------ inference
     cfg.MODEL.PIXELCLIP.TEST = CN()

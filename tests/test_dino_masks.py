@@ -201,5 +201,5 @@ def test_weights_errors_name_the_file_and_the_problem(generator, tmp_path):
         DinoMaskGenerator(weights=str(path), resolution=64, model_kwargs=TINY)
     path = tmp_path / "junk.pth"
     torch.save({"a": 1}, path)
-    with pytest.raises(ValueError, match="junk.pth.*state dict of tensors"):
+    with pytest.raises(ValueError, match="junk.pth.*must map names to tensors"):
         load_dino_state_dict(path)

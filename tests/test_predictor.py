@@ -205,7 +205,7 @@ def test_checkpoint_loading_from_config_or_checkpoint_path(tmp_path, expected):
 
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         Predictor(cfg, weights=str(tmp_path / "missing.pth"))
-    with pytest.raises(ValueError, match=r"pickle \(.pkl\)"):
+    with pytest.raises(ValueError, match=r"model\.pkl.*pickle files are refused"):
         Predictor(cfg, weights=str(tmp_path / "model.pkl"))
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         Predictor(tmp_path / "sub" / "model_final.pth")

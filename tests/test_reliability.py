@@ -165,7 +165,7 @@ def test_kill_while_checkpointing_resumes_from_the_last_complete_checkpoint(tmp_
     name = {"new_name": "model_0000003", "same_name": "model_final", "at_tag": "model_0000003"}
     _killed_save(checkpointer, name[case], at_tag=case == "at_tag")
 
-    stale = sorted(p.name for p in tmp_path.glob(".*.tmp"))
+    stale = sorted(p.name for p in tmp_path.glob(".*.tmp*"))
     assert len(stale) == 1  # the temporary file of the killed save, under a hidden name
     assert (tmp_path / "last_checkpoint").read_text() in {"model_0000001.pth", "model_final.pth"}
     if case == "new_name":
@@ -174,7 +174,7 @@ def test_kill_while_checkpointing_resumes_from_the_last_complete_checkpoint(tmp_
     PixelCLIPCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
     assert _same(fresh.state_dict(), first)
     checkpointer.save("model_0000005")  # the next save removes the leftover
-    assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == []
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp*")) == []
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000005.pth"
 
 

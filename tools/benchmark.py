@@ -213,12 +213,13 @@ def machine_description(threads: int) -> dict:
 def build_cfg(model: str, precision: str, s: dict, quick: bool, opts: list[str] | None = None):
     from detectron2.config import get_cfg
 
+    from pixelclip.checkpoint import merge_config_file
     from pixelclip.config import add_pixelclip_config
 
     m = s["models"][model]
     cfg = get_cfg()
     add_pixelclip_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs" / m["config"]))
+    merge_config_file(cfg, REPO / "configs" / m["config"])
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.CLIP.PRETRAINED = ""  # random weights: timings do not depend on the values
     cfg.MODEL.CLIP.MODEL_NAME = m["name"]
@@ -518,12 +519,13 @@ def bench_mapper(spec: str, s: dict, args) -> dict:
     import torch
     from detectron2.config import get_cfg
 
+    from pixelclip.checkpoint import merge_config_file
     from pixelclip.config import add_pixelclip_config
     from pixelclip.data.mapper import SA1BDatasetMapper
 
     cfg = get_cfg()
     add_pixelclip_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs" / "Base-PixelCLIP.yaml"))
+    merge_config_file(cfg, REPO / "configs" / "Base-PixelCLIP.yaml")
     cfg.INPUT.MIN_SIZE_TRAIN = (s["mapper_min_size"],)
     cfg.INPUT.CROP.SIZE = (s["mapper_crop"],) * 2
     cfg.MODEL.PIXELCLIP.MASK_RESOLUTION = s["grid"]

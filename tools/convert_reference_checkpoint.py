@@ -43,6 +43,7 @@ from pixelclip.checkpoint import (  # noqa: E402
     check_state_dict_matches,
     convert_reference_state_dict,
     is_reference_state_dict,
+    merge_config_file,
     read_checkpoint,
 )
 
@@ -82,7 +83,7 @@ def model_state_dict(config_file: str) -> dict:
 
     cfg = get_cfg()
     pixelclip.add_pixelclip_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file)
     cfg.MODEL.CLIP.PRETRAINED = ""
     cfg.MODEL.DEVICE = "cpu"
     cfg.INPUT.MASK_SOURCE = "sa1b"  # the DINO mask model is not part of the checkpoint

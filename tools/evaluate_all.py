@@ -34,7 +34,6 @@ import sys
 from pathlib import Path
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
@@ -43,6 +42,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from pixelclip import add_pixelclip_config
+from pixelclip.checkpoint import load_weights, merge_config_file
 from pixelclip.engine import Trainer
 from pixelclip.evaluation import tables
 from pixelclip.evaluation.evaluate import (
@@ -166,7 +166,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     """The frozen config: file, KEY VALUE overrides, then the options of this tool."""
     cfg = get_cfg()
     add_pixelclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
     if args.protocol:
         cfg.MODEL.PIXELCLIP.TEST.PROTOCOL = args.protocol
@@ -193,7 +193,9 @@ def run_worker(args: argparse.Namespace, command: str) -> dict | None:
     if len(find_missing_datasets(args.benchmarks)) < len(args.benchmarks):
         model = Trainer.build_model(cfg)
         if args.weights:
-            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(args.weights)
+            load_weights(
+                model, args.weights, allow_partial=cfg.MODEL.PIXELCLIP.ALLOW_PARTIAL_WEIGHTS
+            )
     results = evaluate(
         cfg,
         model,

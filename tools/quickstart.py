@@ -178,11 +178,12 @@ def load_train_net():
 def build_cfg(config_file: str, opts: list[str], output_dir: str):
     from detectron2.config import get_cfg
 
+    from pixelclip.checkpoint import merge_config_file
     from pixelclip.config import add_pixelclip_config
 
     cfg = get_cfg()
     add_pixelclip_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file)
     cfg.merge_from_list([*opts, "OUTPUT_DIR", output_dir])
     cfg.freeze()
     return cfg
@@ -192,11 +193,11 @@ def load_model(cfg, weights: str = ""):
     """The model of ``cfg`` in eval mode (CLIP from MODEL.CLIP.PRETRAINED), then ``weights``."""
     from detectron2.modeling import build_model
 
-    from pixelclip.checkpoint import PixelCLIPCheckpointer
+    from pixelclip.checkpoint import load_weights
 
     model = build_model(cfg)
     if weights:
-        PixelCLIPCheckpointer(model).load(weights)
+        load_weights(model, weights)
     return model.eval()
 
 

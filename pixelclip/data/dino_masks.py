@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..checkpoint.safe_io import read_checkpoint
 
 __all__ = ["kmeans", "DinoMaskGenerator", "load_dino_state_dict"]
 
@@ -123,34 +122,15 @@ def load_dino_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     ``.safetensors``), and training checkpoints that wrap it under ``teacher`` / ``student`` /
     ``state_dict`` / ``model`` with ``module.`` / ``backbone.`` prefixes. Keys of the DINO
     projection head (``head.*``) are dropped: the generator uses patch tokens only.
-    ``.pth`` files are read with ``torch.load(weights_only=True)`` (no code execution).
+    The file is read by :func:`pixelclip.checkpoint.read_checkpoint` (tensors only).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file holds no tensor state dict.
+        ValueError: the file is refused, damaged or holds no tensor state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DINO weights not found: {path} (a local .pth/.safetensors file)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(path), device="cpu")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(
-                f"{path}: refused to load DINO weights holding objects other than tensors "
-                f"(weights_only=True): {e}"
-            ) from None
     # The official full checkpoint holds both networks; the teacher is the one DINO evaluates.
-    for key in ("teacher", "state_dict", "model", "student"):
-        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-            state = state[key]
-            break
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors (DINO ViT weights)")
+    wrappers = ("teacher", "state_dict", "model", "student")
+    state = read_checkpoint(path, what="DINO weights", wrappers=wrappers)["model"]
     out = {}
     for name, value in state.items():
         for prefix in ("module.", "backbone."):

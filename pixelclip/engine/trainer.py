@@ -28,7 +28,7 @@ from detectron2.evaluation import SemSegEvaluator, inference_on_dataset, print_c
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import PixelCLIPCheckpointer
+from ..checkpoint import PixelCLIPCheckpointer, merge_config_file
 from ..config import add_pixelclip_config
 from ..data.mapper import SA1BDatasetMapper
 from ..data.sa1b import register_sa1b_from_config
@@ -68,7 +68,10 @@ class Trainer(DefaultTrainer):
         self._trainer = trainer_cls(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = PixelCLIPCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            model,
+            cfg.OUTPUT_DIR,
+            allow_partial=cfg.MODEL.PIXELCLIP.ALLOW_PARTIAL_WEIGHTS,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -125,7 +128,7 @@ def setup(args) -> CfgNode:
     with detectron2's default set-up (logging, output folder, seeding)."""
     cfg = get_cfg()
     add_pixelclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(

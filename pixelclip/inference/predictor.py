@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
+from ..checkpoint import check_local_file, load_weights, merge_config_file
 from ..config import add_pixelclip_config
 from .vocabulary import load_vocabulary
 
@@ -184,7 +184,7 @@ def build_config(config_file: str | os.PathLike, opts: Sequence[str] = ()) -> Cf
         raise FileNotFoundError(f"config file {path!r} does not exist")
     cfg = get_cfg()
     add_pixelclip_config(cfg)
-    cfg.merge_from_file(path)
+    merge_config_file(cfg, path)
     cfg.merge_from_list(list(opts))
     return cfg
 
@@ -235,16 +235,6 @@ def _pick_device(requested: str | None, configured: str) -> str:
     return configured
 
 
-def _check_weights(weights: str) -> None:
-    if weights.lower().endswith(".pkl"):
-        # detectron2 reads .pkl with pickle.load, which can run arbitrary code; other files go
-        # through torch.load, whose default in torch >= 2.6 is weights_only=True.
-        raise ValueError(f"checkpoint {weights!r}: pickle (.pkl) checkpoints are refused")
-    if "://" not in weights and not os.path.isfile(weights):
-        # A clear error instead of fvcore's bare AssertionError.
-        raise FileNotFoundError(f"checkpoint {weights!r} does not exist")
-
-
 # ------------------------------------------------------------------------------- predictor
 class Predictor:
     """PixelCLIP inference on single images with a run-time vocabulary.
@@ -276,10 +266,10 @@ class Predictor:
             cfg_or_path: a detectron2 config with PixelCLIP keys; a config YAML path (read over
                 detectron2 + PixelCLIP defaults); or a checkpoint .pth/.pt with the run's
                 ``config.yaml`` in the same folder.
-            weights: checkpoint loaded with detectron2's ``DetectionCheckpointer`` (torch's
-                ``weights_only`` loading); None = the checkpoint path given as ``cfg_or_path``,
-                else ``cfg.MODEL.WEIGHTS``; "" = none: plain CLIP of MODEL.CLIP.PRETRAINED
-                (random weights when that is "", for tests).
+            weights: checkpoint (ours or the reference layout), read by
+                :func:`pixelclip.checkpoint.load_weights` (tensors only, strict); None = the
+                checkpoint path given as ``cfg_or_path``, else ``cfg.MODEL.WEIGHTS``; "" = none:
+                plain CLIP of MODEL.CLIP.PRETRAINED (random weights when that is "", for tests).
             device: "cpu", "cuda", "cuda:1"...; None = ``cfg.MODEL.DEVICE``, or the CPU when
                 that asks for CUDA on a machine without it.
             vocabulary: an initial vocabulary (see :func:`parse_vocabulary`); None keeps the
@@ -300,10 +290,12 @@ class Predictor:
         self.cfg = cfg
         self.input_format = input_format
         if weights:
-            _check_weights(weights)  # before the (slow) model build
+            check_local_file(weights, "checkpoint")  # before the (slow) model build
         self.model = build_model(cfg).eval()
         if weights:
-            DetectionCheckpointer(self.model).load(weights)
+            load_weights(
+                self.model, weights, allow_partial=cfg.MODEL.PIXELCLIP.ALLOW_PARTIAL_WEIGHTS
+            )
         else:
             logger.warning(
                 "no checkpoint given: the image tower is plain CLIP (MODEL.CLIP.PRETRAINED=%r), "

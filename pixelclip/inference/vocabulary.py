@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pixelclip.checkpoint.safe_io import read_tensor_file, write_atomically
 from pixelclip.modeling.text import CLIPTextEncoder
 
 logger = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ class VocabularyEmbedder:
         if path is None or not path.is_file():
             return None
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = read_tensor_file(path, what="text-embedding cache")
             emb = data["embeddings"]
             ok = (
                 data.get("key") == key
@@ -348,16 +348,7 @@ class VocabularyEmbedder:
         if path is None:
             return
         payload = {"key": key, "class_names": names, "templates": templates, "embeddings": emb}
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.replace(tmp, path)  # atomic: readers see the old file or the complete new one
-            tmp = None
+        try:  # atomic: readers see the old file or the complete new one
+            write_atomically(path, lambda f: torch.save(payload, f))
         except OSError as e:  # a read-only cache must not stop inference
             logger.warning("could not write text-embedding cache %s (%s)", path, e)
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)

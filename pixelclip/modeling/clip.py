@@ -8,19 +8,17 @@ The dense read-out of the image tower lives in :mod:`pixelclip.modeling.dense`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import socket
-import warnings
-import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 import open_clip
-import torch
 from torch import Tensor, nn
+
+from ..checkpoint.safe_io import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -243,57 +241,24 @@ def _known_openai_sha256() -> set[str]:
     return digests
 
 
-def _is_torchscript_archive(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
-
-
 def load_state_dict_file(path: str) -> dict[str, Tensor]:
-    """Read a state dict without unpickling arbitrary objects.
+    """Read CLIP weights through the project's one safe reader (tensors only, strict formats).
 
     Args:
-        path: .safetensors, a ``torch.save`` file of tensors (read with ``weights_only=True``;
-            ``{"model": sd}``, ``{"state_dict": sd}`` and a ``module.`` prefix are unwrapped), or
-            OpenAI's TorchScript CLIP archive (only if its SHA-256 matches a published one:
-            TorchScript archives can run code when loaded).
+        path: .safetensors, a ``torch.save`` file of tensors (``{"model": sd}``,
+            ``{"state_dict": sd}`` and a ``module.`` prefix are unwrapped), or OpenAI's
+            TorchScript CLIP archive (only if its SHA-256 matches a published one: TorchScript
+            archives can run code when loaded).
 
     Returns:
         Mapping from parameter name to CPU tensor.
     """
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        sd = load_file(path, device="cpu")
-    elif _is_torchscript_archive(path):
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest not in _known_openai_sha256():
-            raise ValueError(
-                f"{path}: a TorchScript archive whose SHA-256 ({digest}) is not one of OpenAI's "
-                "published CLIP checkpoints; refusing to load it (TorchScript can run code). "
-                "Save a plain state dict (torch.save(model.state_dict())) or .safetensors instead."
-            )
-        with warnings.catch_warnings():  # torch.jit.load is deprecated, the archive format is not
-            warnings.simplefilter("ignore", FutureWarning)
-            sd = torch.jit.load(path, map_location="cpu").state_dict()
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 -- UnpicklingError, RuntimeError, EOFError...
-            raise ValueError(
-                f"{path}: cannot be read as a tensor-only checkpoint (weights_only=True): {e}"
-            ) from e
-    for wrapper in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
-            sd = sd[wrapper]
-            break
-    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(sd).__name__}")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return dict(sd)
+    return read_checkpoint(
+        path,
+        what="CLIP weights",
+        wrappers=("state_dict", "model"),
+        torchscript_sha256=_known_openai_sha256(),
+    )["model"]
 
 
 def _load_into(model: nn.Module, sd: dict[str, Tensor], path: str, model_name: str) -> None:

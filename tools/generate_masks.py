@@ -268,9 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sam.add_argument(
         "--sam-model",
-        default="vit_h",
-        choices=sorted(sam_model_registry),
-        help="architecture in segment_anything's sam_model_registry",
+        default="auto",
+        choices=["auto", *sorted(sam_model_registry)],
+        help="architecture in segment_anything's sam_model_registry; auto: read from the "
+        "checkpoint (vit_b / vit_l / vit_h by the image encoder's width)",
     )
     sam.add_argument("--points-per-side", type=int, default=32, help="point grid per side")
     sam.add_argument(
@@ -360,9 +361,9 @@ def build_mask_fn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     """The mask function selected by the CLI arguments (loads the model onto ``args.device``)."""
     _check_model_args(args, parser)
     if args.source == "sam":
-        from segment_anything import sam_model_registry
+        from pixelclip.data.sam_weights import load_sam
 
-        model = sam_model_registry[args.sam_model](checkpoint=str(args.sam_checkpoint))
+        model = load_sam(args.sam_checkpoint, args.sam_model)
         return sam_mask_fn(
             model.to(args.device).eval(),
             points_per_side=args.points_per_side,
@@ -414,7 +415,10 @@ def main(argv: Sequence[str] | None = None, mask_fn: MaskFn | None = None) -> in
 
         def mask_fn(image: np.ndarray) -> list[dict[str, Any]]:
             if not models:
-                models.append(build_mask_fn(args, parser))
+                try:
+                    models.append(build_mask_fn(args, parser))
+                except (OSError, ValueError) as e:  # a refused or damaged weight file: stop now
+                    parser.error(f"cannot load the {args.source} model: {e}")
             return models[0](image)
 
         _check_model_args(args, parser)

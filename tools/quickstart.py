@@ -269,15 +269,14 @@ def trained_before(config_file: str, opts: list[str], output_dir: str, seed: int
 
 def train(train_net, config_file: str, opts: list[str], output_dir: str, seed: int) -> str:
     """Train with tools/train_net.py's ``main``; returns the path of model_final.pth."""
-    from detectron2.engine import default_argument_parser
-
-    argv = ["--config-file", config_file, *train_overrides(opts, output_dir, seed)]
+    # --overwrite: a run is retrained when asked to (--reuse-trained keeps trained runs instead).
+    argv = ["--config-file", config_file, "--overwrite", *train_overrides(opts, output_dir, seed)]
     # train_net's setup() adds log handlers to these loggers each time; restore them afterwards
     # so that several seeds do not print every line several times.
     names = ("detectron2", "pixelclip", "fvcore", "d2")
     saved = {n: list(logging.getLogger(n).handlers) for n in names}
     try:
-        train_net.main(default_argument_parser().parse_args(argv))
+        train_net.main(train_net.build_parser().parse_args(argv))
     finally:
         for n, handlers in saved.items():
             for h in logging.getLogger(n).handlers[:]:

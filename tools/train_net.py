@@ -7,13 +7,26 @@ Examples:
   tools/train_net.py --config-file configs/pixelclip_vitb16_sa1b_bs48_10k.yaml --eval-only \
       MODEL.WEIGHTS output/model_final.pth
 Trailing KEY VALUE pairs override config keys. On a machine without CUDA, --num-gpus N starts N
-CPU processes that train with gloo.
+CPU processes that train with gloo. Training into an OUTPUT_DIR that already holds checkpoints
+needs --resume (continue) or --overwrite (start again).
 """
 
 from detectron2.engine import default_argument_parser, launch
 
 from pixelclip.checkpoint import PixelCLIPCheckpointer
 from pixelclip.engine import Trainer, setup
+
+
+def build_parser():
+    """detectron2's argument parser plus ``--overwrite``."""
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train from scratch even if OUTPUT_DIR holds checkpoints of an earlier run "
+        "(without it, such a folder needs --resume)",
+    )
+    return parser
 
 
 def main(args):
@@ -30,7 +43,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser(epilog=__doc__).parse_args()
+    args = build_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,

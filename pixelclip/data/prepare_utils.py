@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from ..checkpoint.safe_io import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +91,8 @@ def atomic_save_png(label: np.ndarray, path: Path) -> None:
     """
     if label.ndim != 2:
         raise ValueError(f"label for {path} must be 2-D (H, W), got shape {label.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(label.astype(np.uint8, copy=False), mode="L").save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    image = Image.fromarray(label.astype(np.uint8, copy=False), mode="L")
+    write_atomically(path, lambda f: image.save(f, format="PNG"))
 
 
 def place_image(src: Path, dst: Path, mode: str = "hardlink") -> None:

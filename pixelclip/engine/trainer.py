@@ -123,6 +123,26 @@ class Trainer(DefaultTrainer):
         return results[next(iter(results))] if len(results) == 1 else results
 
 
+def check_output_dir(cfg: CfgNode, args) -> None:
+    """Refuse to start training from scratch over the checkpoints of an earlier run.
+
+    Raises:
+        ValueError: ``cfg.OUTPUT_DIR`` has a ``last_checkpoint`` and neither ``--resume``,
+            ``--eval-only`` nor ``--overwrite`` was given.
+    """
+    if args.eval_only or args.resume or getattr(args, "overwrite", False):
+        return
+    tag = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if os.path.isfile(tag):
+        with open(tag, encoding="utf-8", errors="replace") as f:
+            last = f.read().strip()
+        raise ValueError(
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR} already holds a run (last checkpoint: {last}); pass "
+            "--resume to continue it, --overwrite to train again from scratch, or choose "
+            "another OUTPUT_DIR"
+        )
+
+
 def setup(args) -> CfgNode:
     """Config from ``args.config_file`` and ``args.opts`` (detectron2's argument parser), frozen,
     with detectron2's default set-up (logging, output folder, seeding)."""
@@ -136,6 +156,7 @@ def setup(args) -> CfgNode:
         )
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    check_output_dir(cfg, args)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pixelclip")
     register_sa1b_from_config(cfg)

@@ -43,6 +43,7 @@ from detectron2.utils.logger import setup_logger
 
 from pixelclip import add_pixelclip_config
 from pixelclip.checkpoint import load_weights, merge_config_file
+from pixelclip.config_checks import validate_config
 from pixelclip.engine import Trainer
 from pixelclip.evaluation import tables
 from pixelclip.evaluation.evaluate import (
@@ -176,6 +177,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
         logger.warning("MODEL.DEVICE %s: CUDA is not available, using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    validate_config(cfg, training=False, datasets=False)  # missing benchmarks are reported
     return cfg
 
 

@@ -1,7 +1,10 @@
 """LearnablePrompts: placeholders, real length, truncation equality, gradients, seeding."""
 
+import copy
+
 import pytest
 import torch
+from conftest import assert_close_to_float64
 
 from pixelclip.modeling import text as text_module
 from pixelclip.modeling.text import CLIPTextEncoder, LearnablePrompts
@@ -42,6 +45,11 @@ def full_context_tower(model, ids, seqs):
     return x @ model.text_projection
 
 
+def float64_twins(encoder, prompts):
+    """Float64 copies of a text encoder and of its prompts (the fp32 originals are untouched)."""
+    return copy.deepcopy(encoder).double(), copy.deepcopy(prompts).double()
+
+
 def test_default_template_real_length_and_positions(encoder, tokenizer):
     prompts = LearnablePrompts(text_encoder=encoder, tokenizer=tokenizer, num_clusters=K, length=L)
     # <sot> a photo of a X X X X in the scene <eot>
@@ -67,9 +75,10 @@ def test_substitution_and_full_context_equality(tiny_vit, encoder, tokenizer, te
         assert real == int(ids.argmax()) + 1
         torch.testing.assert_close(got_seq, naive[:, :real], rtol=0, atol=0)
         expected = full_context_tower(tiny_vit, ids, naive)
+        expected64 = full_context_tower(copy.deepcopy(tiny_vit).double(), ids, naive.double())
         got = prompts(encoder)
     assert got.shape == (K, 32)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert_close_to_float64(got, expected64, expected)
 
 
 def test_convnext_model_full_context_equality(tokenizer):
@@ -80,9 +89,9 @@ def test_convnext_model_full_context_equality(tokenizer):
     prompts = LearnablePrompts(text_encoder=enc, tokenizer=tokenizer, num_clusters=K, length=L)
     with torch.no_grad():
         ids, naive = naive_sequences(model, tokenizer, prompts.template, prompts.prompt_tokens)
-        torch.testing.assert_close(
-            prompts(enc), full_context_tower(model, ids, naive), rtol=1e-4, atol=1e-5
-        )
+        expected = full_context_tower(model, ids, naive)
+        expected64 = full_context_tower(copy.deepcopy(model).double(), ids, naive.double())
+        assert_close_to_float64(prompts(enc), expected64, expected)
 
 
 def test_gradient_reaches_prompts_only(encoder, tokenizer):
@@ -148,14 +157,18 @@ def test_shared_prefix_matches_the_plain_tower_in_values_and_gradients(encoder, 
     seq = prompts.embedding_sequences(encoder)
     eot = prompts.eot_index.expand(K)
     weights = torch.randn(K, 32, generator=torch.Generator().manual_seed(0))
-    results = []
-    for prefix in (0, prompts.shared_prefix):
+
+    def run(encoder, prompts, prefix):
         prompts.prompt_tokens.grad = None
         out = encoder.encode_embeddings(prompts.embedding_sequences(encoder), eot, prefix)
-        (out * weights).sum().backward()
-        results.append((out.detach(), prompts.prompt_tokens.grad.clone()))
-    (plain, plain_grad), (shared, shared_grad) = results
+        (out * weights.to(out.dtype)).sum().backward()
+        return out.detach(), prompts.prompt_tokens.grad.clone()
+
+    plain, plain_grad = run(encoder, prompts, 0)
+    shared, shared_grad = run(encoder, prompts, prompts.shared_prefix)
+    # The plain tower in float64 is the reference both fp32 paths are measured against.
+    plain64, plain_grad64 = run(*float64_twins(encoder, prompts), 0)
     assert seq.shape[1] == 13
-    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(shared_grad, plain_grad, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(prompts(encoder), plain, rtol=1e-5, atol=1e-6)
+    assert_close_to_float64(shared, plain64, plain, msg="values")
+    assert_close_to_float64(shared_grad, plain_grad64, plain_grad, msg="gradients")
+    assert_close_to_float64(prompts(encoder), plain64, plain, msg="forward")

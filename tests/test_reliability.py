@@ -112,6 +112,31 @@ def test_resumable_sampler_continues_the_uninterrupted_stream():
         resumed.start_at(-1)
 
 
+def test_a_run_with_seed_minus_one_resumes_with_the_seed_it_drew():
+    """SEED -1 (the shipped 10k configs): the random data seed travels in the checkpoint."""
+    from detectron2.engine import TrainerBase
+
+    from pixelclip.engine.resume import DeterministicResumeHook
+
+    def trainer_with(seed):
+        trainer = TrainerBase()
+        sampler = ResumableTrainingSampler(9, seed=seed)
+        trainer.register_hooks([DeterministicResumeHook(sampler, 3, seed)])
+        return trainer, sampler
+
+    first, first_sampler = trainer_with(1234)  # the seed the first process drew
+    first.iter = 4
+    state = first.state_dict()  # what the checkpointer saves as "trainer"
+    assert state["hooks"]["DeterministicResumeHook"] == {"data_seed": 1234}
+    stream = [i for _, i in zip(range(30), first_sampler)]
+
+    resumed, resumed_sampler = trainer_with(987)  # a new process draws another seed
+    resumed.load_state_dict(state)
+    resumed.start_iter = 4
+    resumed._hooks[0].before_train()
+    assert [i for _, i in zip(range(18), resumed_sampler)] == stream[12:]
+
+
 # ------------------------------------------------------- 1. kill during checkpointing
 def _killed_save(checkpointer, name: str, at_tag: bool = False) -> None:
     """Fork; the child saves ``name`` and SIGKILLs itself halfway through the file (or, with

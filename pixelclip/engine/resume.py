@@ -53,9 +53,10 @@ def build_resumable_train_loader(cfg, mapper: Callable) -> torch.utils.data.Data
     """``build_detection_train_loader(cfg, mapper)`` with a :class:`ResumableTrainingSampler`.
 
     With ``DATALOADER.SAMPLER_TRAIN = "TrainingSampler"`` the sampler is seeded with ``cfg.SEED``
-    (when >= 0; else a random seed shared by all processes), so that a resumed process rebuilds
-    the same stream; other samplers are built by detectron2 as usual. The sampler (or None) is
-    kept on the loader as ``resumable_sampler`` for :class:`DeterministicResumeHook`.
+    when >= 0; else with a random seed shared by all processes, which
+    :class:`DeterministicResumeHook` saves in every checkpoint, so that a resumed process rebuilds
+    the same stream either way. Other samplers are built by detectron2 as usual. The sampler (or
+    None) and its seed are kept on the loader as ``resumable_sampler`` and ``data_seed``.
     """
     from detectron2.data import build_detection_train_loader
     from detectron2.data.build import _train_loader_from_config
@@ -63,9 +64,12 @@ def build_resumable_train_loader(cfg, mapper: Callable) -> torch.utils.data.Data
     kwargs = {}
     if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
         kwargs = _train_loader_from_config(cfg, mapper=mapper)
-        seed = cfg.SEED if cfg.SEED >= 0 else None
+        from detectron2.utils import comm
+
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         kwargs["sampler"] = ResumableTrainingSampler(len(kwargs["dataset"]), seed=seed)
         loader = build_detection_train_loader(**kwargs)
+        loader.data_seed = seed
     else:
         loader = build_detection_train_loader(cfg, mapper=mapper)
     loader.resumable_sampler = kwargs.get("sampler")
@@ -82,20 +86,36 @@ class DeterministicResumeHook(HookBase):
       process when ``DATALOADER.NUM_WORKERS = 0``) depend only on the iteration, not on how many
       steps this process has run. detectron2 seeds these RNGs once per process instead.
 
-    Resumed and uninterrupted runs then end with bit-identical weights on CPU when
+    * The seed is part of the checkpoint (:meth:`state_dict`): a run started with ``SEED -1``
+      (a random seed drawn at start, the shipped 10k configs) resumes with the seed it drew.
+
+    Resumed and uninterrupted runs then end with bit-identical weights on the same CPU when
     ``NUM_WORKERS = 0`` (tests/test_reliability.py). With data-loader workers the images are the
     same but their augmentations are drawn from the workers' own RNGs, which restart on resume.
 
     Args:
         sampler: the training sampler, or None (then only the RNGs are seeded).
         images_per_batch: ``SOLVER.IMS_PER_BATCH`` (all processes together).
-        seed: base seed (``cfg.SEED``); negative: the hook does nothing.
+        seed: base seed (``cfg.SEED``, or the loader's ``data_seed``); negative: the hook does
+            nothing.
     """
 
     def __init__(self, sampler: ResumableTrainingSampler | None, images_per_batch: int, seed: int):
         self.sampler = sampler
         self.images_per_batch = images_per_batch
         self.seed = seed
+
+    def state_dict(self) -> dict:
+        return {"data_seed": self.seed} if self.seed >= 0 else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("data_seed")
+        if saved is None or int(saved) == self.seed:
+            return
+        logger.info("Resuming with the run's data seed %d (this process drew %d)", saved, self.seed)
+        self.seed = int(saved)
+        if self.sampler is not None:
+            self.sampler._seed = self.seed  # read when the loader starts iterating, after this
 
     def before_train(self) -> None:
         if self.sampler is not None and self.seed >= 0:

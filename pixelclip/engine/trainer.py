@@ -30,6 +30,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import PixelCLIPCheckpointer, merge_config_file
 from ..config import add_pixelclip_config
+from ..config_checks import validate_config
 from ..data.mapper import SA1BDatasetMapper
 from ..data.sa1b import register_sa1b_from_config
 from ..solver import build_optimizer
@@ -89,8 +90,10 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
-        sampler = getattr(self._trainer.data_loader, "resumable_sampler", None)
-        resume = DeterministicResumeHook(sampler, self.cfg.SOLVER.IMS_PER_BATCH, self.cfg.SEED)
+        loader = self._trainer.data_loader
+        sampler = getattr(loader, "resumable_sampler", None)
+        seed = getattr(loader, "data_seed", self.cfg.SEED)
+        resume = DeterministicResumeHook(sampler, self.cfg.SOLVER.IMS_PER_BATCH, seed)
         return [resume, *hooks]
 
     @classmethod
@@ -156,6 +159,7 @@ def setup(args) -> CfgNode:
         )
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    validate_config(cfg, training=not args.eval_only)
     check_output_dir(cfg, args)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pixelclip")

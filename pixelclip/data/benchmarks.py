@@ -22,6 +22,9 @@ from importlib import resources
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+# Absolute, not relative: the tests also execute this file on its own, outside the package.
+from pixelclip.data.sa1b import printable_path
+
 logger = logging.getLogger(__name__)
 
 DATASETS_ENV = "DETECTRON2_DATASETS"
@@ -164,8 +167,9 @@ def load_sem_seg_files(
     Label files are found recursively under ``gt_root`` by their suffix ``gt_ext``; the image of
     ``gt_root/<rel>/<stem><gt_ext>`` is ``image_root/<rel>/<stem><image_ext>`` (so city
     subfolders and Cityscapes-style suffixes work). Images without a label are not listed (an
-    image folder may hold more than the split); labels without an image are dropped with a
-    warning. Files are not opened.
+    image folder may hold more than the split); labels without an image, and entries that are
+    not regular files (FIFOs, devices, dangling symlinks), are dropped with a warning. Files are
+    not opened.
 
     Args:
         image_root: folder of the images.
@@ -187,11 +191,15 @@ def load_sem_seg_files(
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{what}{kind} {folder} does not exist. {hint}".strip())
     image_ext, gt_ext = _normalise_ext(image_ext), _normalise_ext(gt_ext)
-    dicts, orphans = [], []
+    dicts, orphans, irregular = [], [], []
     for dirpath, dirnames, filenames in os.walk(gt_root):
         dirnames.sort()
         for fname in sorted(filenames):
             if not fname.endswith(gt_ext) or fname.startswith("."):  # dot files: unfinished writes
+                continue
+            # A FIFO or device would block or never end when the evaluator opens it.
+            if not os.path.isfile(os.path.join(dirpath, fname)):
+                irregular.append(os.path.join(dirpath, fname))
                 continue
             rel = os.path.relpath(os.path.join(dirpath, fname), gt_root)[: -len(gt_ext)]
             image = os.path.join(image_root, rel + image_ext)
@@ -201,12 +209,20 @@ def load_sem_seg_files(
                 )
             else:
                 orphans.append(image)
+    if irregular:
+        logger.warning(
+            "%s%d entries named like label files are not regular files (FIFOs, devices, "
+            "dangling symlinks; e.g. %s); they are left out",
+            what,
+            len(irregular),
+            printable_path(irregular[0]),
+        )
     if orphans:
         logger.warning(
             "%s%d label files have no image (e.g. %s); they are left out",
             what,
             len(orphans),
-            orphans[0],
+            printable_path(orphans[0]),
         )
     if not dicts:
         raise FileNotFoundError(

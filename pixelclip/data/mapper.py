@@ -21,9 +21,23 @@ Order of operations:
    masks are dropped and the largest MAX_MASKS_PER_IMAGE masks (by area on the grid, stable
    order on ties) are kept.
 
-Bad samples (unreadable image or JSON, no annotations, mask sizes that disagree with the image)
-are logged with the file name and the mapper returns None; detectron2's ``MapDataset`` then
-draws another sample. ``skip_bad_samples=False`` raises instead (for debugging).
+Bad samples are logged with the file name and the mapper returns None; detectron2's
+``MapDataset`` then draws another sample. ``skip_bad_samples=False`` raises instead (for
+debugging). A sample is bad when its image or JSON is missing, not a regular file (a FIFO or
+device is never opened), unreadable or corrupt; when the image has more than ``max_image_pixels``
+pixels (checked from the file header, before decoding: :data:`MAX_IMAGE_PIXELS` by default);
+when the JSON has no annotations, sizes that are not two positive integers or disagree with the
+image, counts that are neither a string nor a list of integers, or an RLE longer than the mask
+can need (:func:`~pixelclip.data.masks.max_rle_chars`). Messages show undecodable bytes of file
+names as ``\\xNN`` (:func:`~pixelclip.data.sa1b.printable_path`).
+
+Giving up: detectron2 replaces a bad sample by a random other one, and when none is left it fails
+with "Sample larger than population". The mapper stops first, with one
+:class:`TrainingDataError` that says how many samples were tried and lists the first files and
+reasons, when ``give_up_after`` samples in a row had no usable mask (bad, or no mask left on the
+grid of the crop), or when as many samples in a row were bad as the dataset has (the number of
+dicts its loader returned, metadata ``num_images``, recorded by the SA-1B and image-folder
+loaders). A dataset without one usable mask therefore never trains on a loss of 0.
 
 Masks are defined on the EXIF-corrected image (SA-1B images carry no EXIF rotation; masks
 written by our tools are made on ``read_image``'s output). A mask whose size disagrees with the
@@ -34,28 +48,56 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
+from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from PIL import Image
 
 from .augment import RandomColorAugSSD, StrongAugmentation
-from .masks import RLEFormatError, grid_source_indices, sample_rle_masks, torch_nearest_indices
-from .sa1b import SA1BFormatError, load_sa1b_annotations
+from .masks import (
+    RLEFormatError,
+    as_dimension,
+    grid_source_indices,
+    sample_rle_masks,
+    torch_nearest_indices,
+)
+from .sa1b import SA1BFormatError, load_sa1b_annotations, printable_path, regular_file_problem
 
-__all__ = ["SA1BDatasetMapper", "BadSampleError", "build_weak_augmentations"]
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "GIVE_UP_AFTER",
+    "SA1BDatasetMapper",
+    "BadSampleError",
+    "TrainingDataError",
+    "build_weak_augmentations",
+]
 
 logger = logging.getLogger(__name__)
 
 MASK_SOURCES = ("sa1b", "dino")
+# Default pixel limit of a training image, read from the file header before decoding: PIL's own
+# default warning threshold (Image.MAX_IMAGE_PIXELS, ~89.5 megapixels, 256 MiB as RGB). SA-1B
+# images have ~3.4 megapixels; a larger file is a mistake or a decompression bomb.
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+# Samples in a row without a usable mask after which the mapper gives up (TrainingDataError).
+GIVE_UP_AFTER = 100
+# Files and reasons quoted in the give-up summary.
+_REASONS_SHOWN = 5
 
 
 class BadSampleError(ValueError):
     """A training sample that cannot be used (the message names the file)."""
+
+
+class TrainingDataError(RuntimeError):
+    """The training data yield no usable sample: the summary names the first files and reasons."""
 
 
 def build_weak_augmentations(cfg: CfgNode) -> list[T.Augmentation]:
@@ -108,6 +150,10 @@ class SA1BDatasetMapper:
         pad_size: tuple[int, int] | None = None,
         pad_value: Sequence[int] = (123, 117, 104),
         skip_bad_samples: bool = True,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        give_up_after: int = GIVE_UP_AFTER,
+        dataset_names: Sequence[str] = (),
+        dataset_size: int | None = None,
     ) -> None:
         """
         Args:
@@ -121,6 +167,15 @@ class SA1BDatasetMapper:
             pad_size: (H, W) to pad both views to when they are smaller (None = no padding).
             pad_value: fill colour of the padding, in ``image_format`` order.
             skip_bad_samples: log and return None on a bad sample (True) or raise (False).
+            max_image_pixels: images with more pixels are bad samples, refused from the file
+                header before decoding.
+            give_up_after: raise :class:`TrainingDataError` when this many samples in a row had
+                no usable mask (bad, or no mask on the grid; not counted for ``"dino"``).
+            dataset_names: the datasets mapped (``DATASETS.TRAIN``); their metadata
+                ``num_images``, once loaded, is the dataset size below.
+            dataset_size: number of samples of the dataset (None: from ``dataset_names``, or
+                unknown). After this many bad samples in a row none is left to draw, and the
+                mapper raises :class:`TrainingDataError` instead of returning None.
         """
         if mask_source not in MASK_SOURCES:
             raise ValueError(f"unknown mask source {mask_source!r}; choose from {MASK_SOURCES}")
@@ -135,6 +190,21 @@ class SA1BDatasetMapper:
         self.pad_size = tuple(pad_size) if pad_size else None
         self.pad_value = tuple(int(v) for v in pad_value)
         self.skip_bad_samples = skip_bad_samples
+        if max_image_pixels < 1 or give_up_after < 1:
+            raise ValueError(
+                f"max_image_pixels ({max_image_pixels}) and give_up_after ({give_up_after}) must "
+                "be >= 1"
+            )
+        self.max_image_pixels = int(max_image_pixels)
+        self.give_up_after = int(give_up_after)
+        self.dataset_names = tuple(dataset_names)
+        self.dataset_size = dataset_size
+        # The current streak of samples without a usable mask (per process: every data-loader
+        # worker has its own copy of the mapper and of detectron2's replacement pool).
+        self._unusable_in_a_row = 0
+        self._bad_in_streak = 0  # bad samples among them
+        self._bad_in_a_row = 0  # bad samples since the last sample returned
+        self._reasons: list[str] = []
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict[str, Any]:
@@ -164,6 +234,7 @@ class SA1BDatasetMapper:
             "strong_augmentation": strong,
             "pad_size": pad_size,
             "pad_value": pad_value,
+            "dataset_names": tuple(cfg.DATASETS.TRAIN),
         }
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any] | None:
@@ -171,22 +242,101 @@ class SA1BDatasetMapper:
 
         Returns:
             the training sample described in the class docstring, or None for a bad sample.
+
+        Raises:
+            TrainingDataError: too many samples in a row without a usable mask (see the module
+                docstring).
         """
         dataset_dict = copy.deepcopy(dataset_dict)
         try:
-            return self._map(dataset_dict)
+            out = self._map(dataset_dict)
         except BadSampleError as e:
             if not self.skip_bad_samples:
                 raise
-            logger.warning("Skipping a training sample: %s", e)
+            reason = printable_path(str(e))
+            logger.warning("Skipping a training sample: %s", reason)
+            self._count_unusable(reason, bad=True)
             return None
+        self._bad_in_a_row = 0
+        if self.mask_source == "sa1b" and len(out["masks"]) == 0:
+            self._count_unusable(
+                f"{printable_path(out.get('annotation_file', out['file_name']))}: no mask left on "
+                f"the {self.mask_resolution}x{self.mask_resolution} grid of the crop",
+                bad=False,
+            )
+        else:
+            self._unusable_in_a_row = self._bad_in_streak = 0
+            self._reasons.clear()
+        return out
+
+    def _known_dataset_size(self) -> int | None:
+        if self.dataset_size is not None:
+            return int(self.dataset_size)
+        sizes = [MetadataCatalog.get(n).get("num_images") for n in self.dataset_names]
+        if not sizes or any(not isinstance(v, int) for v in sizes):
+            return None
+        return sum(sizes)
+
+    def _count_unusable(self, reason: str, bad: bool) -> None:
+        """Extend the streak of samples without a usable mask; give up when it is too long."""
+        self._unusable_in_a_row += 1
+        self._bad_in_streak += bad
+        self._bad_in_a_row += bad
+        if len(self._reasons) < _REASONS_SHOWN:
+            self._reasons.append(reason)
+        size = self._known_dataset_size() if bad else None
+        # detectron2 drops every failed sample from its replacement pool: after `size` bad
+        # samples in a row the pool is empty, and its next draw fails with an unrelated message.
+        pool_empty = size is not None and self._bad_in_a_row >= size
+        if self._unusable_in_a_row < self.give_up_after and not pool_empty:
+            return
+        tried, bad_count = self._unusable_in_a_row, self._bad_in_streak
+        why = (
+            f"; the last {self._bad_in_a_row} were bad, as many as the dataset has samples"
+            if pool_empty
+            else f" (the limit, give_up_after={self.give_up_after})"
+        )
+        raise TrainingDataError(
+            f"no usable training sample: {tried} samples tried in a row had no usable mask "
+            f"({bad_count} bad, {tried - bad_count} without a mask on the grid){why}. First files "
+            "and reasons:\n  " + "\n  ".join(self._reasons) + "\nCheck the training data "
+            "(DATASETS.TRAIN, DATASETS.SA1B.ROOT / ANNOTATION_ROOT); every skipped sample is "
+            "also logged as a warning."
+        )
+
+    def _read_image(self, file_name: str) -> np.ndarray:
+        """The decoded image, after cheap checks that keep a bad file from hanging or exhausting
+        memory: a regular file (a FIFO would block ``open``), and at most ``max_image_pixels``
+        pixels according to the header (PIL reads only the header until pixels are needed)."""
+        problem = regular_file_problem(file_name)
+        if problem is not None:
+            raise BadSampleError(f"{file_name}: cannot read the image ({problem})")
+        try:
+            with warnings.catch_warnings():
+                # PIL warns above its own limit; the check below decides (and says so).
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(file_name) as im:
+                    width, height = im.size
+        except Image.DecompressionBombError as e:  # raised by Image.open from the header
+            raise BadSampleError(
+                f"{file_name}: {e} (PIL's decompression-bomb limit); refused before decoding"
+            ) from e
+        except Exception as e:  # PIL raises many types on bad headers
+            raise BadSampleError(f"{file_name}: cannot read the image ({e})") from e
+        if width * height > self.max_image_pixels:
+            raise BadSampleError(
+                f"{file_name}: the image is {width}x{height} = {width * height} pixels, more than "
+                f"the maximum of {self.max_image_pixels} (max_image_pixels); refused before "
+                "decoding"
+            )
+        try:
+            return utils.read_image(file_name, format=self.image_format)
+        except Exception as e:  # truncated data, broken EXIF, ...: all mean "unreadable"
+            raise BadSampleError(f"{file_name}: cannot read the image ({e})") from e
 
     def _map(self, d: dict[str, Any]) -> dict[str, Any]:
         file_name = d["file_name"]
-        try:
-            image = utils.read_image(file_name, format=self.image_format)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on bad files
-            raise BadSampleError(f"{file_name}: cannot read the image ({e})") from e
+        image = self._read_image(file_name)
         height, width = image.shape[:2]
         segmentations: list[dict] = []
         if self.mask_source == "sa1b":
@@ -240,14 +390,30 @@ class SA1BDatasetMapper:
         if not segmentations:
             raise BadSampleError(f"{json_file}: no annotations")
         if info is not None and "height" in info and "width" in info:
-            if (int(info["height"]), int(info["width"])) != (height, width):
+            h, w = as_dimension(info["height"]), as_dimension(info["width"])
+            if h is None or w is None:
                 raise BadSampleError(
-                    f"{json_file}: 'image' says {info['height']}x{info['width']}, but "
+                    f"{json_file}: 'image' has height {info['height']!r} and width "
+                    f"{info['width']!r}; expected two positive integers"
+                )
+            if (h, w) != (height, width):
+                raise BadSampleError(
+                    f"{json_file}: 'image' says {h}x{w}, but "
                     f"{d['file_name']} is {height}x{width} (after EXIF orientation)"
                 )
         for i, seg in enumerate(segmentations):
             size = seg["size"]
-            if not (isinstance(size, (list, tuple)) and list(size) == [height, width]):
+            dims = (
+                [as_dimension(v) for v in size]
+                if isinstance(size, (list, tuple)) and len(size) == 2
+                else None
+            )
+            if dims is None or None in dims:
+                raise BadSampleError(
+                    f"{json_file}: annotation {i} has size {size!r}; expected [h, w], two "
+                    "positive integers"
+                )
+            if dims != [height, width]:
                 raise BadSampleError(
                     f"{json_file}: annotation {i} has size {size}, but {d['file_name']} is "
                     f"{height}x{width} (after EXIF orientation)"

@@ -33,6 +33,7 @@ could then differ by one source pixel at run boundaries.)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +42,8 @@ from detectron2.data import transforms as T
 
 __all__ = [
     "RLEFormatError",
+    "as_dimension",
+    "max_rle_chars",
     "rle_counts",
     "rle_sizes",
     "sample_rle_masks",
@@ -62,6 +65,43 @@ class RLEFormatError(ValueError):
     """A segmentation is not a valid COCO RLE (or disagrees with its image)."""
 
 
+# Larger sides are refused: h * w must stay far inside int64 for the run-sum checks below.
+MAX_SIDE = 2**31 - 1
+
+
+def as_dimension(value: Any) -> int | None:
+    """``value`` as an image side (an int in [1, MAX_SIDE]), or None when it is not one.
+
+    JSON numbers arrive as int or float: integral floats (``64.0``) are accepted, while strings,
+    booleans, NaN, infinities, fractions, zero and negative numbers are not (``int()`` would turn
+    ``"64"`` or ``True`` or ``3.7`` into a plausible size and ``nan`` into an exception).
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            return None
+        value = int(value)
+    if isinstance(value, (int, np.integer)) and 1 <= value <= MAX_SIDE:
+        return int(value)
+    return None
+
+
+def max_rle_chars(height: int, width: int) -> int:
+    """The longest compressed RLE ``counts`` string an ``height`` x ``width`` mask can need.
+
+    A mask has at most h * w + 1 runs (runs alternate between 0 and 1, every run but the first
+    holds at least one pixel), and every stored value -- a run length, or from the fourth run on
+    its difference to the run two places earlier -- lies in [-h * w, h * w]. The encoder writes
+    a value in the fewest 5-bit characters whose signed range holds it, so k characters with
+    2 ** (5k - 1) > h * w suffice for every value. A longer string is not an RLE of this mask and
+    is refused before parsing (the parser's arrays grow with the string, not with the mask).
+    """
+    pixels = int(height) * int(width)
+    chars_per_value = -(-(pixels.bit_length() + 1) // 5)  # ceil((bits + sign) / 5)
+    return (pixels + 1) * chars_per_value
+
+
 def rle_sizes(segmentations: Sequence[Mapping[str, Any]], source: str = "") -> np.ndarray:
     """The ``size`` field ([h, w]) of every segmentation.
 
@@ -73,7 +113,8 @@ def rle_sizes(segmentations: Sequence[Mapping[str, Any]], source: str = "") -> n
         int64 array of shape (N, 2).
 
     Raises:
-        RLEFormatError: a segmentation is not a dict with a 2-element ``size``.
+        RLEFormatError: a segmentation is not a dict with a ``size`` of two positive integers
+            (see :func:`as_dimension`).
     """
     sizes = np.zeros((len(segmentations), 2), dtype=np.int64)
     for i, seg in enumerate(segmentations):
@@ -82,10 +123,13 @@ def rle_sizes(segmentations: Sequence[Mapping[str, Any]], source: str = "") -> n
             raise RLEFormatError(
                 f"{source}: annotation {i}: expected a COCO RLE {{'size': [h, w], 'counts': ...}}"
             )
-        try:
-            sizes[i] = [int(v) for v in size]
-        except (TypeError, ValueError) as e:
-            raise RLEFormatError(f"{source}: annotation {i}: size {size} is not [h, w]") from e
+        h, w = as_dimension(size[0]), as_dimension(size[1])
+        if h is None or w is None:
+            raise RLEFormatError(
+                f"{source}: annotation {i}: size {size!r} is not [h, w] with two integers in "
+                f"1..{MAX_SIDE}"
+            )
+        sizes[i] = h, w
     return sizes
 
 
@@ -107,8 +151,9 @@ def rle_counts(
         ``counts[offsets[n]:offsets[n + 1]]``; offsets has shape (N + 1,).
 
     Raises:
-        RLEFormatError: malformed counts, negative runs, or runs not summing to h * w; the message
-            names ``source`` and the annotation index.
+        RLEFormatError: counts neither a string nor a list of integers, longer than the mask can
+            need (:func:`max_rle_chars`; h * w + 1 entries for a list), malformed, negative runs,
+            or runs not summing to h * w; the message names ``source`` and the annotation index.
     """
     sizes = rle_sizes(segmentations, source)
     n = len(segmentations)
@@ -116,15 +161,25 @@ def rle_counts(
         return np.zeros(0, np.int64), np.zeros(1, np.int64)
     parts: list[np.ndarray] = [np.zeros(0, np.int64)] * n
     compressed = [i for i, s in enumerate(segmentations) if isinstance(s["counts"], (str, bytes))]
-    for i in set(range(n)) - set(compressed):
-        try:
-            parts[i] = np.asarray(segmentations[i]["counts"], dtype=np.int64).reshape(-1)
-        except (TypeError, ValueError) as e:
-            raise RLEFormatError(f"{source}: annotation {i}: counts are not integers") from e
+    for i in compressed:
+        counts = segmentations[i]["counts"]
+        limit = max_rle_chars(*sizes[i])
+        # Checked before anything is allocated for the string.
+        if len(counts) > limit:
+            raise RLEFormatError(
+                f"{source}: annotation {i}: counts string has {len(counts)} characters, but a "
+                f"compressed RLE of a {sizes[i, 0]}x{sizes[i, 1]} mask needs at most {limit}"
+            )
+        if isinstance(counts, str) and not counts.isascii():
+            raise RLEFormatError(
+                f"{source}: annotation {i}: malformed compressed RLE counts string (non-ASCII "
+                "characters)"
+            )
+    for i in sorted(set(range(n)) - set(compressed)):
+        parts[i] = _uncompressed_counts(segmentations[i]["counts"], sizes[i], i, source)
     if compressed:
-        # Non-ASCII characters become bytes >= 128, which the parser rejects.
         strings = [segmentations[i]["counts"] for i in compressed]
-        strings = [s.encode("utf-8") if isinstance(s, str) else s for s in strings]
+        strings = [s.encode("ascii") if isinstance(s, str) else s for s in strings]
         counts, offsets = _parse_compressed(strings, compressed, source)
         if len(compressed) < n:  # mixed with uncompressed lists: reassemble in order
             for i, a, b in zip(compressed, offsets[:-1], offsets[1:]):
@@ -149,6 +204,30 @@ def rle_counts(
             f"{sizes[i].tolist()} has {int(sizes[i, 0] * sizes[i, 1])}"
         )
     return counts, offsets
+
+
+def _uncompressed_counts(counts: Any, size: np.ndarray, index: int, source: str) -> np.ndarray:
+    """The run lengths of an uncompressed RLE (a list of integers), checked for type and length."""
+    what = f"{source}: annotation {index}"
+    if not isinstance(counts, (list, tuple)):
+        raise RLEFormatError(
+            f"{what}: counts is a {type(counts).__name__}; expected a string (compressed RLE) or "
+            "a list of integer run lengths"
+        )
+    limit = int(size[0]) * int(size[1]) + 1
+    if len(counts) > limit:
+        raise RLEFormatError(
+            f"{what}: counts has {len(counts)} runs, but a {size[0]}x{size[1]} mask has at most "
+            f"{limit}"
+        )
+    try:
+        # No dtype: the inferred one tells integers from floats, booleans, NaN and nested lists.
+        values = np.asarray(counts)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise RLEFormatError(f"{what}: counts are not a flat list of integers ({e})") from e
+    if values.size and (values.ndim != 1 or values.dtype.kind not in "iu"):
+        raise RLEFormatError(f"{what}: counts are not a flat list of integers")
+    return values.astype(np.int64, copy=False).reshape(-1)
 
 
 def _parse_compressed(

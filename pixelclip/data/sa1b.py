@@ -27,7 +27,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable
+import stat
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 __all__ = [
     "SA1BFormatError",
+    "MAX_ANNOTATION_BYTES",
     "default_sa1b_root",
+    "printable_path",
+    "regular_file_problem",
     "list_sa1b_images",
     "load_sa1b_dicts",
     "load_sa1b_annotations",
@@ -53,10 +57,55 @@ SA1B_TRAIN = "sa1b_train"
 # SA-1B ships JPEGs; users' own image folders (tools/generate_masks.py) may hold PNG / WebP too.
 SA1B_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# An annotation JSON larger than this is refused before json.load. SA-1B's largest files are a few
+# tens of MB; json.load needs several times the file size in Python objects, so a multi-GB file
+# (or an endless stream behind the name) would exhaust memory instead of failing one sample.
+MAX_ANNOTATION_BYTES = 256 * 1024 * 1024
+# How many names a listing message quotes.
+_NAMES_SHOWN = 3
 
 
 class SA1BFormatError(ValueError):
     """An SA-1B annotation file is missing, unreadable or not in the SA-1B format."""
+
+
+def printable_path(path: str | bytes | os.PathLike) -> str:
+    """``path`` as text that any log handler can write.
+
+    A file name whose bytes are not valid UTF-8 arrives as a ``str`` with surrogate escapes
+    (``os.fsdecode``); writing it to a UTF-8 log file or stream raises ``UnicodeEncodeError`` in the
+    handler, and the message is lost. The undecodable bytes are shown as ``\\xNN`` instead.
+    """
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate no file name produces (e.g. from a JSON value)
+        return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def regular_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a data file, or None when it is a regular file.
+
+    Only ``os.stat`` is used: opening a FIFO blocks until a writer appears and a character device
+    may never end, so both must be refused before any ``open``. Symlinks are followed.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as e:
+        return f"cannot stat it ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = [
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"{kind}, not a regular file"
 
 
 def default_sa1b_root() -> str:
@@ -110,16 +159,58 @@ def _read_subset(subset: str | os.PathLike, root: Path) -> list[str]:
     return entries
 
 
-def _scan(root: Path, suffixes: Iterable[str]) -> list[str]:
-    """Images anywhere under ``root``, as relative POSIX paths in natural order (folder by
-    folder, a folder's own images before its sub-folders')."""
+def _scan(
+    root: Path,
+    suffixes: Iterable[str],
+    folder_key: Callable[[str], Any] | None = _natural_key,
+) -> list[str]:
+    """Regular files named like images anywhere under ``root``, as relative POSIX paths, folder by
+    folder (a folder's own files in natural order before its sub-folders, sorted by
+    ``folder_key``), as ``os.walk`` would visit them.
+
+    Entries with an image suffix that are not regular files (FIFOs, sockets, devices, dangling
+    symlinks, folders named like images) are left out and logged once, with their count and first
+    names: the mapper would block forever opening a FIFO. ``os.scandir`` knows the file type from
+    the directory listing itself, so regular files cost no extra system call. Symlinked folders are
+    not followed (as in ``os.walk``); unreadable folders are logged and skipped.
+    """
     suffixes = tuple(suffixes)
-    found = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders.sort(key=_natural_key)  # os.walk descends in this order
-        rel = Path(folder).relative_to(root).as_posix()
-        images = sorted((n for n in names if n.lower().endswith(suffixes)), key=_natural_key)
-        found.extend(n if rel == "." else f"{rel}/{n}" for n in images)
+    found: list[str] = []
+    skipped: list[str] = []
+    pending = [""]  # folders still to list, relative to root; the next one is last
+    while pending:
+        rel = pending.pop()
+        try:
+            with os.scandir(root / rel if rel else root) as it:
+                entries = list(it)
+        except OSError as e:
+            logger.warning("cannot list %s, skipped: %s", printable_path(root / rel), e)
+            continue
+        files, folders = [], []
+        for entry in entries:
+            named_like_image = entry.name.lower().endswith(suffixes)
+            try:
+                is_folder = entry.is_dir()
+                is_file = not is_folder and named_like_image and entry.is_file()
+            except OSError:
+                is_folder = is_file = False
+            if is_folder and not entry.is_symlink():
+                folders.append(entry.name)
+            if is_file:
+                files.append(entry.name)
+            elif named_like_image:
+                skipped.append(f"{rel}/{entry.name}" if rel else entry.name)
+        files.sort(key=_natural_key)
+        found.extend(f"{rel}/{n}" if rel else n for n in files)
+        folders.sort(key=folder_key, reverse=True)  # popped from the end: first folder first
+        pending.extend(f"{rel}/{n}" if rel else n for n in folders)
+    if skipped:
+        logger.warning(
+            "skipped %d entries under %s named like images that are not regular files (FIFOs, "
+            "devices, sockets, dangling symlinks or folders), e.g. %s",
+            len(skipped), printable_path(root),
+            ", ".join(printable_path(n) for n in skipped[:_NAMES_SHOWN]),
+        )  # fmt: skip
     return found
 
 
@@ -133,11 +224,12 @@ def list_sa1b_images(
         subset: optional text file (absolute, relative to the working directory, or relative to
             ``root``) with one entry per line (``#`` starts a comment): an image id ("sa_1",
             "sa_1.jpg"), found by listing the root, or a path relative to the root
-            ("sa_000000/sa_1.jpg"), used without listing; kept in the file's order.
+            ("sa_000000/sa_1.jpg"), used without listing (so not checked here: the mapper
+            refuses a path that is not a regular file); kept in the file's order.
         max_images: keep only the first ``max_images`` images (0 = all).
 
     Returns:
-        POSIX paths relative to ``root``.
+        POSIX paths relative to ``root``; listed entries are regular files (see :func:`_scan`).
 
     Raises:
         FileNotFoundError: the root or the subset file is missing, or no image was found.
@@ -230,15 +322,30 @@ def load_sa1b_annotations(json_file: str | os.PathLike) -> tuple[list[dict], dic
         annotation, in file order, and the ``image`` entry (None when absent).
 
     Raises:
-        SA1BFormatError: the file is missing, not JSON, or not in the SA-1B format; the message
+        SA1BFormatError: the file is missing, not a regular file (a FIFO is never opened), larger
+            than :data:`MAX_ANNOTATION_BYTES`, not JSON, or not in the SA-1B format; the message
             names the file and what was expected.
     """
+    problem = regular_file_problem(json_file)
+    if problem == "not found":
+        raise SA1BFormatError(f"{json_file}: annotation file not found")
+    if problem is not None:
+        raise SA1BFormatError(f"{json_file}: annotation file is {problem}; expected a JSON file")
     try:
         with open(json_file, encoding="utf-8") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_ANNOTATION_BYTES:
+                raise SA1BFormatError(
+                    f"{json_file}: annotation file has {size} bytes, more than the "
+                    f"{MAX_ANNOTATION_BYTES} an SA-1B JSON may have (MAX_ANNOTATION_BYTES)"
+                )
             record = json.load(f)
     except FileNotFoundError as e:
         raise SA1BFormatError(f"{json_file}: annotation file not found") from e
-    except (OSError, ValueError) as e:  # ValueError covers JSONDecodeError / UnicodeDecodeError
+    # ValueError covers JSONDecodeError / UnicodeDecodeError; RecursionError a deeply nested file.
+    except (OSError, ValueError, RecursionError) as e:
+        if isinstance(e, SA1BFormatError):
+            raise
         raise SA1BFormatError(f"{json_file}: cannot read the annotation JSON ({e})") from e
     anns = record.get("annotations") if isinstance(record, dict) else None
     if not isinstance(anns, list):
@@ -257,11 +364,25 @@ def load_sa1b_annotations(json_file: str | os.PathLike) -> tuple[list[dict], dic
 
 
 def _register(name: str, loader, **metadata: Any) -> None:
-    """Register ``loader`` under ``name``, replacing an earlier registration of that name."""
+    """Register ``loader`` under ``name``, replacing an earlier registration of that name.
+
+    Each time the dataset is loaded, the number of dicts is stored as the metadata field
+    ``num_images``: the training mapper bounds its give-up on bad samples with it (see
+    :class:`~pixelclip.data.mapper.SA1BDatasetMapper`).
+    """
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, loader)
+
+    def load_and_count() -> list[dict[str, Any]]:
+        dicts = loader()
+        meta = MetadataCatalog.get(name)
+        # Metadata refuses to change a field; a re-listing of a changed tree must update it.
+        vars(meta).pop("num_images", None)
+        meta.num_images = len(dicts)
+        return dicts
+
+    DatasetCatalog.register(name, load_and_count)
     MetadataCatalog.get(name).set(**metadata)
 
 
@@ -326,14 +447,8 @@ def load_image_folder_dicts(root: str | os.PathLike, max_images: int = 0) -> lis
     path = Path(root)
     if not path.is_dir():
         raise FileNotFoundError(f"image folder {str(path)!r} does not exist")
-    files = []
-    for folder, subdirs, names in os.walk(path):
-        subdirs.sort()
-        files.extend(
-            os.path.join(folder, n)
-            for n in sorted(names, key=_natural_key)
-            if n.lower().endswith(IMAGE_SUFFIXES)
-        )
+    # Sub-folders in plain sorted order, files in natural order (the order this listing always had).
+    files = [os.path.join(path, rel) for rel in _scan(path, IMAGE_SUFFIXES, folder_key=None)]
     if max_images > 0:
         files = files[:max_images]
     if not files:

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
+from .masks import as_dimension
+
 __all__ = [
     "encode_mask",
     "decode_segmentation",
@@ -137,21 +139,28 @@ def read_sa1b_json(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate the structure of one SA-1B-format JSON (masks are not decoded).
 
     Raises:
-        ValueError: the file is not valid JSON or lacks a required key; the message names the
-            file and what was expected.
+        ValueError: the file is not valid UTF-8 JSON, lacks a required key, or has a height,
+            width or mask size that is not a positive integer; the message names the file and
+            what was expected.
     """
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
-    except json.JSONDecodeError as e:
+    # UnicodeDecodeError: not UTF-8; RecursionError: nested too deeply for the parser.
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(record, dict) or not isinstance(record.get("annotations"), list):
         raise ValueError(f"{path}: expected a JSON object with an 'annotations' list")
     image = record.get("image")
     if image is not None:
-        if not isinstance(image, dict) or any(k not in image for k in ("height", "width")):
-            raise ValueError(f"{path}: 'image' must be an object with 'height' and 'width'")
+        if not isinstance(image, dict) or any(
+            as_dimension(image.get(k)) is None for k in ("height", "width")
+        ):
+            raise ValueError(
+                f"{path}: 'image' must be an object with 'height' and 'width', two positive "
+                "integers"
+            )
     for i, ann in enumerate(record["annotations"]):
         seg = ann.get("segmentation") if isinstance(ann, dict) else None
         if not (
@@ -159,10 +168,11 @@ def read_sa1b_json(path: str | os.PathLike) -> dict[str, Any]:
             and isinstance(seg.get("counts"), str)
             and isinstance(seg.get("size"), list)
             and len(seg["size"]) == 2
+            and None not in [as_dimension(v) for v in seg["size"]]
         ):
             raise ValueError(
                 f"{path}: annotations[{i}] must hold 'segmentation': "
-                "{'size': [h, w], 'counts': str} (COCO compressed RLE)"
+                "{'size': [h, w], 'counts': str} (COCO compressed RLE, h and w positive integers)"
             )
     return record
 

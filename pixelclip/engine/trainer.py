@@ -24,7 +24,7 @@ from detectron2.engine import (
     create_ddp_model,
     default_setup,
 )
-from detectron2.evaluation import SemSegEvaluator, inference_on_dataset, print_csv_format
+from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -33,6 +33,7 @@ from ..config import add_pixelclip_config
 from ..config_checks import validate_config
 from ..data.mapper import SA1BDatasetMapper
 from ..data.sa1b import register_sa1b_from_config
+from ..evaluation.sem_seg import CheckedSemSegEvaluator
 from ..solver import build_optimizer
 from .resume import DeterministicResumeHook, build_resumable_train_loader
 
@@ -102,8 +103,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """SemSegEvaluator that checks every label map first (values, size, channels), so a bad
+        benchmark stops with an error naming the file instead of giving wrong metrics."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        return CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

@@ -70,11 +70,19 @@ def test_write_read_round_trip_is_atomic(tmp_path):
         ("{not json", "not valid JSON"),
         ('{"image": {}}', "'annotations' list"),
         ('{"annotations": [{"segmentation": [[1, 2, 3]]}]}', r"annotations\[0\]"),
+        # Malformed numbers: such a JSON from an earlier run is regenerated, not kept.
+        ('{"image": {"height": "a", "width": 3}, "annotations": []}', "two positive integers"),
+        ('{"annotations": [{"segmentation": {"size": [NaN, 3], "counts": "0"}}]}', "positive"),
+        ("[" * 200_000 + "]" * 200_000, "not valid JSON"),  # json.load: RecursionError
+        (b'{"annotations": [], "x": "\xff"}', "not valid JSON"),  # not UTF-8
     ],
 )
 def test_read_errors_name_the_file(tmp_path, content, message):
     path = tmp_path / "bad.json"
-    path.write_text(content)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
     with pytest.raises(ValueError, match=f"bad.json.*{message}"):
         read_sa1b_json(path)
 
@@ -282,6 +290,42 @@ def test_max_side_downscales_for_generation_and_stores_full_size(tmp_path):
     assert masks.shape == (1, 40, 100)  # the empty mask is dropped; stored at the image size
     # Nearest upsampling: column j copies source column floor(j * 25 / 100) < 7, i.e. j < 28.
     assert np.array_equal(masks[0], np.broadcast_to(np.arange(100) < 28, (40, 100)))
+
+
+@pytest.mark.timeout(30)
+def test_non_utf8_names_and_images_without_masks_are_reported(tmp_path, capsys, caplog):
+    import hashlib
+    import os
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(root / "ok.png")
+    # A black image for which the mask function finds nothing; its name is not valid UTF-8.
+    black = os.path.join(os.fsencode(root), b"\xff.png")
+    Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(os.fsdecode(black), format="PNG")
+    os.mkfifo(os.path.join(os.fsencode(root), b"\xfe.jpg"))  # never opened (it would block)
+
+    def brightness_masks(image):
+        return [{"segmentation": image[..., 0] > 0}] if image.any() else []
+
+    out = tmp_path / "masks"
+    argv = ["--input", str(root), "--output", str(out), "--source", "dino", "--no-progress"]
+    with caplog.at_level(logging.WARNING, logger="generate_masks"):
+        assert tool.main(argv, mask_fn=brightness_masks) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "processed 2, skipped 0, failed 0, no masks 1" in lines
+    assert "images without masks (the training loader skips them): \\xff.png" in lines
+    assert "no masks for" in caplog.text and "\\xff.png" in caplog.text
+    assert "left out 1 entries named like images that are not regular files" in caplog.text
+    record = read_sa1b_json(out / os.fsdecode(b"\xff.json"))
+    assert record["annotations"] == [] and record["image"]["file_name"] == os.fsdecode(b"\xff.png")
+    # The id hashes the file name's own bytes.
+    assert record["image"]["image_id"] == int(hashlib.sha1(b"\xff.png").hexdigest()[:13], 16)
+    assert len(read_sa1b_json(out / "ok.json")["annotations"]) == 1
+    # A resumed run still reports the image without masks.
+    assert tool.main(argv, mask_fn=brightness_masks) == 0
+    assert "processed 0, skipped 2, failed 0, no masks 1" in capsys.readouterr().out
 
 
 def test_every_image_failing_is_an_error_exit(tmp_path, capsys):

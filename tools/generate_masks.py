@@ -22,7 +22,9 @@ Behaviour worth knowing:
   ``image.file_name`` is the image's file name (the image sits next to its JSON, or at the
   mirrored place under ``--input``); ``image_id`` is a stable hash of the path under ``--input``.
 - Masks the mask model leaves empty, or smaller than ``--min-area``, are not stored; an image
-  with no masks still gets a JSON (with an empty list), so it is not redone on resume.
+  with no masks still gets a JSON (with an empty list), so it is not redone on resume. Such
+  images are logged and listed after the summary (also those found from an earlier run): the
+  training loader skips them.
 - ``--max-side``: larger images are downscaled (longest side) before mask generation; the masks
   are then nearest-upsampled back, so they are ALWAYS stored at the image's own size and align
   with the image file without any special case in the data loader.
@@ -30,8 +32,12 @@ Behaviour worth knowing:
   Every JSON is written atomically, so an interrupted run never leaves a half-written file.
 - An unreadable or corrupt image is logged with its path, counted as failed, and the run goes on.
   Errors of the mask model itself stop the run (they would hit every image).
-- The last line is ``processed N, skipped S, failed F``. The exit code is 0, or 1 if every image
-  failed or (with ``--strict``) if any image failed.
+- The summary line is ``processed N, skipped S, failed F, no masks E``, followed by the images
+  without masks when E > 0. The exit code is 0, or 1 if every image failed or (with
+  ``--strict``) if any image failed.
+- File names that are not valid UTF-8 work; messages show their undecodable bytes as ``\\xNN``.
+  Entries named like images that are not regular files (FIFOs, devices, dangling symlinks) are
+  left out with a warning: opening a FIFO would block forever.
 
 Example::
 
@@ -44,6 +50,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,6 +63,7 @@ import torch.nn.functional as F
 # Allow `python tools/generate_masks.py` from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pixelclip.data.sa1b import printable_path  # noqa: E402
 from pixelclip.data.sa1b_format import (  # noqa: E402
     read_sa1b_json,
     record_from_masks,
@@ -65,6 +73,8 @@ from pixelclip.data.sa1b_format import (  # noqa: E402
 logger = logging.getLogger("generate_masks")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# Images without masks quoted by name after the summary line.
+NO_MASK_NAMES_SHOWN = 20
 
 # A mask function takes an RGB uint8 image (H, W, 3) and returns one dict per mask with a bool
 # "segmentation" (H, W) and optional SA-1B extras (predicted_iou, stability_score, ...).
@@ -72,10 +82,22 @@ MaskFn = Callable[[np.ndarray], list[dict[str, Any]]]
 
 
 def find_images(root: Path) -> list[Path]:
-    """All images under ``root`` (recursive, case-insensitive extensions), sorted."""
-    return sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    """All images under ``root`` (recursive, case-insensitive extensions), sorted.
+
+    Only regular files (or symlinks to them): FIFOs, devices, dangling symlinks and folders named
+    like images are left out and logged once (``is_file`` only stats, it never opens).
+    """
+    named = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+    images = sorted(p for p in named if p.is_file())
+    others = sorted(set(named) - set(images))
+    if others:
+        logger.warning(
+            "left out %d entries named like images that are not regular files (FIFOs, devices, "
+            "dangling symlinks or folders), e.g. %s",
+            len(others),
+            ", ".join(printable_path(p) for p in others[:3]),
+        )
+    return images
 
 
 def output_paths(images: Sequence[Path], input_root: Path, output_root: Path | None) -> list[Path]:
@@ -104,15 +126,15 @@ def read_rgb(path: Path) -> np.ndarray:
     return np.require(image, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])
 
 
-def _is_done(json_path: Path) -> bool:
+def _existing_record(json_path: Path) -> dict[str, Any] | None:
+    """The record of a finished JSON from an earlier run, or None when it must be (re)made."""
     if not json_path.is_file():
-        return False
+        return None
     try:
-        read_sa1b_json(json_path)
-        return True
+        return read_sa1b_json(json_path)
     except (ValueError, OSError) as e:
-        logger.warning("regenerating %s: %s", json_path, e)
-        return False
+        logger.warning("regenerating %s: %s", printable_path(json_path), printable_path(str(e)))
+        return None
 
 
 def _resize_image(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -136,6 +158,7 @@ def generate_masks(
     min_area: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    no_masks: list[Path] | None = None,
 ) -> tuple[int, int, int]:
     """Write one SA-1B JSON per image; the core of the CLI.
 
@@ -150,6 +173,8 @@ def generate_masks(
         min_area: drop masks with fewer pixels (at the stored size).
         overwrite: regenerate JSONs that already exist.
         progress: show a tqdm progress bar.
+        no_masks: if given, the images whose JSON holds no mask are appended to it (made now, or
+            skipped because an earlier run made them); each is also logged as a warning.
 
     Returns:
         (processed, skipped, failed) counts.
@@ -161,13 +186,20 @@ def generate_masks(
     processed = skipped = failed = 0
     bar = tqdm(list(zip(image_paths, out_paths)), disable=not progress, unit="img")
     for img_path, out_path in bar:
-        if not overwrite and _is_done(out_path):
+        existing = None if overwrite else _existing_record(out_path)
+        if existing is not None:
             skipped += 1
+            if not existing["annotations"]:
+                logger.warning("no masks for %s (from an earlier run)", printable_path(img_path))
+                if no_masks is not None:
+                    no_masks.append(img_path)
             continue
         try:
             image = read_rgb(img_path)
         except Exception as e:  # PIL raises many types for corrupt files; all mean "unreadable"
-            logger.error("cannot read image %s: %s", img_path, e)
+            logger.error(
+                "cannot read image %s: %s", printable_path(img_path), printable_path(str(e))
+            )
             failed += 1
             continue
         height, width = image.shape[:2]
@@ -175,10 +207,16 @@ def generate_masks(
         # A stable id from the relative path, so re-runs and partial runs agree (52 bits: exact
         # in JSON readers that use doubles).
         key = img_path.relative_to(input_root).as_posix() if input_root else img_path.name
-        image_id = int(hashlib.sha1(key.encode()).hexdigest()[:13], 16)
+        # The file name's own bytes (os.fsencode): str.encode() fails on names that are not UTF-8
+        # and gives the same bytes for all others, so existing ids do not change.
+        image_id = int(hashlib.sha1(os.fsencode(key)).hexdigest()[:13], 16)
         record = record_from_masks(masks, height, width, image_id, img_path.name, min_area)
         write_sa1b_json(out_path, record)
         processed += 1
+        if not record["annotations"]:
+            logger.warning("no masks for %s (its JSON has none)", printable_path(img_path))
+            if no_masks is not None:
+                no_masks.append(img_path)
         bar.set_postfix(masks=len(record["annotations"]))
     return processed, skipped, failed
 
@@ -423,6 +461,7 @@ def main(argv: Sequence[str] | None = None, mask_fn: MaskFn | None = None) -> in
 
         _check_model_args(args, parser)
     logger.info("%d images under %s, source %s", len(images), args.input, args.source)
+    no_masks: list[Path] = []
     processed, skipped, failed = generate_masks(
         images,
         mask_fn,
@@ -432,8 +471,17 @@ def main(argv: Sequence[str] | None = None, mask_fn: MaskFn | None = None) -> in
         min_area=args.min_area,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        no_masks=no_masks,
     )
-    print(f"processed {processed}, skipped {skipped}, failed {failed}")
+    print(f"processed {processed}, skipped {skipped}, failed {failed}, no masks {len(no_masks)}")
+    if no_masks:
+        names = [printable_path(p.relative_to(args.input)) for p in no_masks]
+        more = len(names) - NO_MASK_NAMES_SHOWN
+        print(
+            "images without masks (the training loader skips them): "
+            + ", ".join(names[:NO_MASK_NAMES_SHOWN])
+            + (f" and {more} more" if more > 0 else "")
+        )
     if failed and (args.strict or processed + skipped == 0):
         return 1
     return 0

@@ -137,6 +137,33 @@ def test_a_run_with_seed_minus_one_resumes_with_the_seed_it_drew():
     assert [i for _, i in zip(range(18), resumed_sampler)] == stream[12:]
 
 
+def test_replacements_of_bad_samples_are_the_same_after_a_resume():
+    """A bad sample's replacement depends only on (seed, index, attempt), unlike detectron2's
+    MapDataset, whose replacement RNG and pool restart with the process."""
+    from detectron2.data.common import MapDataset
+
+    from pixelclip.engine.resume import SeededMapDataset
+
+    dicts = list(range(10))
+    bad = {2, 3, 5, 7}
+
+    def mapper(d):
+        return None if d in bad else d
+
+    order = [2, 3, 5, 7, 2, 3, 5, 7, 2, 3]  # the indices of an epoch with many bad samples
+    uninterrupted = SeededMapDataset(dicts, mapper, seed=11)
+    stream = [uninterrupted[i] for i in order]
+    assert all(x not in bad for x in stream)
+    resumed = SeededMapDataset(dicts, mapper, seed=11)  # a new process after --resume at 6
+    assert [resumed[i] for i in order[6:]] == stream[6:]
+    assert [SeededMapDataset(dicts, mapper, seed=12)[i] for i in order] != stream  # seeded
+
+    theirs = MapDataset(dicts, mapper)
+    their_stream = [theirs[i] for i in order]
+    theirs_resumed = MapDataset(dicts, mapper)
+    assert [theirs_resumed[i] for i in order[6:]] != their_stream[6:]  # why this class exists
+
+
 # ------------------------------------------------------- 1. kill during checkpointing
 def _killed_save(checkpointer, name: str, at_tag: bool = False) -> None:
     """Fork; the child saves ``name`` and SIGKILLs itself halfway through the file (or, with

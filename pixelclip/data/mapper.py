@@ -21,23 +21,26 @@ Order of operations:
    masks are dropped and the largest MAX_MASKS_PER_IMAGE masks (by area on the grid, stable
    order on ties) are kept.
 
-Bad samples are logged with the file name and the mapper returns None; detectron2's
-``MapDataset`` then draws another sample. ``skip_bad_samples=False`` raises instead (for
-debugging). A sample is bad when its image or JSON is missing, not a regular file (a FIFO or
-device is never opened), unreadable or corrupt; when the image has more than ``max_image_pixels``
-pixels (checked from the file header, before decoding: :data:`MAX_IMAGE_PIXELS` by default);
-when the JSON has no annotations, sizes that are not two positive integers or disagree with the
-image, counts that are neither a string nor a list of integers, or an RLE longer than the mask
-can need (:func:`~pixelclip.data.masks.max_rle_chars`). Messages show undecodable bytes of file
-names as ``\\xNN`` (:func:`~pixelclip.data.sa1b.printable_path`).
+Bad samples are logged with the file name and the mapper returns None; the training loader's
+``SeededMapDataset`` (pixelclip/engine/resume.py) then draws a replacement that ``--resume``
+reproduces (detectron2's ``MapDataset`` does the same with an RNG that restarts with the process).
+``skip_bad_samples=False`` raises instead (for debugging). A sample is bad when its image or JSON is
+missing, not a regular file (a FIFO or device is never opened), unreadable or corrupt; when the
+image has more than ``max_image_pixels`` pixels (checked from the file header, before decoding:
+:data:`MAX_IMAGE_PIXELS` by default); when the JSON has no annotations, sizes that are not two
+positive integers or disagree with the image, counts that are neither a string nor a list of
+integers, or an RLE longer than the mask can need (:func:`~pixelclip.data.masks.max_rle_chars`).
+Messages show undecodable bytes of file names as ``\\xNN``
+(:func:`~pixelclip.data.sa1b.printable_path`).
 
-Giving up: detectron2 replaces a bad sample by a random other one, and when none is left it fails
-with "Sample larger than population". The mapper stops first, with one
+Giving up: detectron2's ``MapDataset`` (used when this mapper is given to detectron2's loader
+directly) drops each bad sample from its replacement pool and, when none is left, fails with "Sample
+larger than population"; ``SeededMapDataset`` would retry for ever. The mapper stops first, with one
 :class:`TrainingDataError` that says how many samples were tried and lists the first files and
 reasons, when ``give_up_after`` samples in a row had no usable mask (bad, or no mask left on the
-grid of the crop), or when as many samples in a row were bad as the dataset has (the number of
-dicts its loader returned, metadata ``num_images``, recorded by the SA-1B and image-folder
-loaders). A dataset without one usable mask therefore never trains on a loss of 0.
+grid of the crop), or when as many samples in a row were bad as the dataset has (the number of dicts
+its loader returned, metadata ``num_images``, recorded by the SA-1B and image-folder loaders). A
+dataset without one usable mask therefore never trains on a loss of 0.
 
 Masks are defined on the EXIF-corrected image (SA-1B images carry no EXIF rotation; masks
 written by our tools are made on ``read_image``'s output). A mask whose size disagrees with the

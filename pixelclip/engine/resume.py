@@ -15,7 +15,12 @@ from detectron2.engine import HookBase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DeterministicResumeHook", "ResumableTrainingSampler", "build_resumable_train_loader"]
+__all__ = [
+    "DeterministicResumeHook",
+    "ResumableTrainingSampler",
+    "SeededMapDataset",
+    "build_resumable_train_loader",
+]
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -49,6 +54,46 @@ class ResumableTrainingSampler(TrainingSampler):
         yield from itertools.islice(self._infinite_indices(), start, None, self._world_size)
 
 
+class SeededMapDataset(torch.utils.data.Dataset):
+    """detectron2's ``MapDataset`` with a replacement draw that ``--resume`` reproduces.
+
+    When ``mapper`` returns None (a bad sample), detectron2 draws another index from a
+    ``random.Random(42)`` made once per process and a pool that shrinks with every failure: both
+    restart on resume, so a resumed run trains on other replacement samples than an
+    uninterrupted one. Here the ``attempt``-th replacement for index ``idx`` is a pure function of
+    ``(seed, idx, attempt)``. The mapper bounds the retries (``SA1BDatasetMapper`` raises
+    ``TrainingDataError`` after too many unusable samples in a row).
+
+    Args:
+        dataset: a map-style dataset of dataset dicts.
+        mapper: dataset dict -> training sample, or None to ask for a replacement.
+        seed: the data seed (``cfg.SEED``, or the one drawn for ``SEED -1``).
+    """
+
+    def __init__(self, dataset, mapper: Callable, seed: int):
+        self.dataset = dataset
+        self.mapper = mapper
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def replacement(self, idx: int, attempt: int) -> int:
+        """The index tried at ``attempt`` (1, 2, ...) after ``idx`` failed."""
+        state = np.random.SeedSequence([self.seed, int(idx), int(attempt)]).generate_state(1)
+        return int(state[0]) % len(self.dataset)
+
+    def __getitem__(self, idx: int):
+        current = int(idx)
+        for attempt in itertools.count(1):
+            sample = self.mapper(self.dataset[current])
+            if sample is not None:
+                return sample
+            current = self.replacement(idx, attempt)
+            if attempt == 3:
+                logger.warning("sample %d: 3 replacements failed in a row; still trying", idx)
+
+
 def build_resumable_train_loader(cfg, mapper: Callable) -> torch.utils.data.DataLoader:
     """``build_detection_train_loader(cfg, mapper)`` with a :class:`ResumableTrainingSampler`.
 
@@ -56,7 +101,8 @@ def build_resumable_train_loader(cfg, mapper: Callable) -> torch.utils.data.Data
     when >= 0; else with a random seed shared by all processes, which
     :class:`DeterministicResumeHook` saves in every checkpoint, so that a resumed process rebuilds
     the same stream either way. Other samplers are built by detectron2 as usual. The sampler (or
-    None) and its seed are kept on the loader as ``resumable_sampler`` and ``data_seed``.
+    None) and its seed are kept on the loader as ``resumable_sampler`` and ``data_seed``, and
+    bad samples are replaced by :class:`SeededMapDataset` (``seeded_dataset``).
     """
     from detectron2.data import build_detection_train_loader
     from detectron2.data.build import _train_loader_from_config
@@ -64,12 +110,18 @@ def build_resumable_train_loader(cfg, mapper: Callable) -> torch.utils.data.Data
     kwargs = {}
     if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
         kwargs = _train_loader_from_config(cfg, mapper=mapper)
+        from detectron2.data.common import DatasetFromList
         from detectron2.utils import comm
 
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-        kwargs["sampler"] = ResumableTrainingSampler(len(kwargs["dataset"]), seed=seed)
-        loader = build_detection_train_loader(**kwargs)
+        dataset = kwargs.pop("dataset")
+        if isinstance(dataset, list):
+            dataset = DatasetFromList(dataset, copy=False)
+        mapped = SeededMapDataset(dataset, kwargs.pop("mapper"), seed)
+        kwargs["sampler"] = ResumableTrainingSampler(len(mapped), seed=seed)
+        loader = build_detection_train_loader(dataset=mapped, mapper=None, **kwargs)
         loader.data_seed = seed
+        loader.seeded_dataset = mapped
     else:
         loader = build_detection_train_loader(cfg, mapper=mapper)
     loader.resumable_sampler = kwargs.get("sampler")
@@ -95,13 +147,21 @@ class DeterministicResumeHook(HookBase):
 
     Args:
         sampler: the training sampler, or None (then only the RNGs are seeded).
+        dataset: the loader's :class:`SeededMapDataset`, whose seed follows a restored one.
         images_per_batch: ``SOLVER.IMS_PER_BATCH`` (all processes together).
         seed: base seed (``cfg.SEED``, or the loader's ``data_seed``); negative: the hook does
             nothing.
     """
 
-    def __init__(self, sampler: ResumableTrainingSampler | None, images_per_batch: int, seed: int):
+    def __init__(
+        self,
+        sampler: ResumableTrainingSampler | None,
+        images_per_batch: int,
+        seed: int,
+        dataset: SeededMapDataset | None = None,
+    ):
         self.sampler = sampler
+        self.dataset = dataset
         self.images_per_batch = images_per_batch
         self.seed = seed
 
@@ -116,6 +176,8 @@ class DeterministicResumeHook(HookBase):
         self.seed = int(saved)
         if self.sampler is not None:
             self.sampler._seed = self.seed  # read when the loader starts iterating, after this
+        if self.dataset is not None:
+            self.dataset.seed = self.seed
 
     def before_train(self) -> None:
         if self.sampler is not None and self.seed >= 0:

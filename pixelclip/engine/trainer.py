@@ -94,7 +94,8 @@ class Trainer(DefaultTrainer):
         loader = self._trainer.data_loader
         sampler = getattr(loader, "resumable_sampler", None)
         seed = getattr(loader, "data_seed", self.cfg.SEED)
-        resume = DeterministicResumeHook(sampler, self.cfg.SOLVER.IMS_PER_BATCH, seed)
+        dataset = getattr(loader, "seeded_dataset", None)
+        resume = DeterministicResumeHook(sampler, self.cfg.SOLVER.IMS_PER_BATCH, seed, dataset)
         return [resume, *hooks]
 
     @classmethod

@@ -1,8 +1,10 @@
 """pixelclip.modeling.attention against open_clip's own blocks and nn.MultiheadAttention."""
 
+import copy
+
 import pytest
 import torch
-from conftest import make_tiny_clip
+from conftest import assert_close_to_float64, make_tiny_clip
 
 from pixelclip.modeling.attention import multi_head_attention, residual_block
 
@@ -19,14 +21,26 @@ def test_residual_block_matches_open_clip_block(tower):
     width = block.ln_1.normalized_shape[0]
     mask = model.attn_mask[:7, :7] if tower == "text" else None
     x = _tokens(width=width).requires_grad_()
-    expected = block(x, attn_mask=mask)
-    (grad_expected,) = torch.autograd.grad(expected.square().sum(), x)
-    got = residual_block(block, x, attn_mask=mask)
-    (grad_got,) = torch.autograd.grad(got.square().sum(), x)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(grad_got, grad_expected, atol=1e-4, rtol=1e-4)
-    with torch.no_grad():  # the path of the teacher and of inference
-        torch.testing.assert_close(residual_block(block, x), block(x), atol=1e-5, rtol=1e-5)
+
+    def run(block, x, mask, fn):
+        out = fn(block, x, mask)
+        (grad,) = torch.autograd.grad(out.square().sum(), x)
+        return out.detach(), grad
+
+    def open_clip_block(block, x, mask):
+        return block(x, attn_mask=mask)
+
+    expected, grad_expected = run(block, x, mask, open_clip_block)
+    got, grad_got = run(block, x, mask, residual_block)
+    x64 = x.detach().double().requires_grad_()
+    mask64 = None if mask is None else mask.double()
+    block64 = copy.deepcopy(block).double()
+    expected64, grad64 = run(block64, x64, mask64, open_clip_block)
+    assert_close_to_float64(got, expected64, expected, msg="values")
+    assert_close_to_float64(grad_got, grad64, grad_expected, msg="gradients")
+    with torch.no_grad():  # the path of the teacher and of inference (no mask)
+        unmasked64 = block64(x64)
+        assert_close_to_float64(residual_block(block, x), unmasked64, block(x), msg="no grad")
 
 
 def test_cross_attention_matches_multihead_attention():
@@ -36,9 +50,9 @@ def test_cross_attention_matches_multihead_attention():
     mask = torch.zeros(4, 9).masked_fill(torch.rand(4, 9) > 0.7, float("-inf"))
     mask[:, 0] = 0.0  # every query sees at least one key
     expected = attn(q, kv, kv, need_weights=False, attn_mask=mask)[0]
-    torch.testing.assert_close(
-        multi_head_attention(attn, q, kv, mask), expected, atol=1e-5, rtol=1e-5
-    )
+    q64, kv64, mask64 = q.double(), kv.double(), mask.double()
+    expected64 = copy.deepcopy(attn).double()(q64, kv64, kv64, need_weights=False, attn_mask=mask64)
+    assert_close_to_float64(multi_head_attention(attn, q, kv, mask), expected64[0], expected)
 
 
 def test_bf16_autocast_without_grad_is_close_to_fp32():

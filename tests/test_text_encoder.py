@@ -1,8 +1,10 @@
 """CLIPTextEncoder: the truncated text tower equals open_clip's full 77-token computation."""
 
+import copy
+
 import pytest
 import torch
-from conftest import make_tiny_clip
+from conftest import assert_close_to_float64, make_tiny_clip
 from torch import nn
 
 from pixelclip.modeling.text import CLIPTextEncoder
@@ -17,6 +19,12 @@ TEXTS = [
 ]
 
 
+def open_clip_float64(model, ids):
+    """open_clip's own full-context ``encode_text`` on a float64 copy of ``model``."""
+    with torch.no_grad():
+        return copy.deepcopy(model).double().encode_text(ids)
+
+
 def test_truncated_equals_open_clip_full_context(tiny_clip_name, tokenizer):
     model = make_tiny_clip(tiny_clip_name)
     enc = CLIPTextEncoder.from_clip(model, tokenizer)
@@ -24,12 +32,13 @@ def test_truncated_equals_open_clip_full_context(tiny_clip_name, tokenizer):
         expected = model.encode_text(tokenizer(TEXTS))
     got = enc.encode_text(TEXTS)
     assert got.shape == (len(TEXTS), model.text_projection.shape[1])
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert_close_to_float64(got, open_clip_float64(model, tokenizer(TEXTS)), expected)
 
 
 def test_encode_embeddings_each_at_its_real_length(tokenizer, tiny_vit):
     enc = CLIPTextEncoder.from_clip(tiny_vit, tokenizer)
     ids = tokenizer(TEXTS)
+    expected64 = open_clip_float64(tiny_vit, ids)
     with torch.no_grad():
         expected = tiny_vit.encode_text(ids)
         for i, row in enumerate(ids):
@@ -37,14 +46,15 @@ def test_encode_embeddings_each_at_its_real_length(tokenizer, tiny_vit):
             eot = int((row == 49407).nonzero()[0])
             emb = tiny_vit.token_embedding(row[None, : eot + 1])
             got = enc.encode_embeddings(emb, torch.tensor([eot]))
-            torch.testing.assert_close(got[0], expected[i], rtol=1e-4, atol=1e-5)
+            assert_close_to_float64(got[0], expected64[i], expected[i], msg=TEXTS[i])
 
 
 def test_batch_of_mixed_lengths_equals_one_by_one(tokenizer, tiny_vit):
     enc = CLIPTextEncoder.from_clip(tiny_vit, tokenizer)
     batched = enc.encode_text(TEXTS * 2, batch_size=3)
     single = torch.cat([enc.encode_text([t]) for t in TEXTS * 2])
-    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
+    # The exact value of every text, whatever its batch: open_clip's tower in float64.
+    assert_close_to_float64(batched, open_clip_float64(tiny_vit, tokenizer(TEXTS * 2)), single)
     assert enc.encode_text([]).shape == (0, enc.out_dim)
 
 
@@ -76,6 +86,7 @@ def test_linear_projection_and_eos_pooling(tokenizer):
     proj = model.text_projection.detach()
     with torch.no_grad():
         expected = model.encode_text(tokenizer(TEXTS))
+    expected64 = open_clip_float64(model, tokenizer(TEXTS))
     linear = nn.Linear(proj.shape[0], proj.shape[1], bias=False)
     linear.weight.data.copy_(proj.T)
     del model.text_projection  # a registered Parameter cannot be overwritten by a module
@@ -85,7 +96,7 @@ def test_linear_projection_and_eos_pooling(tokenizer):
     enc = CLIPTextEncoder.from_clip(model, tokenizer)
     assert enc.out_dim == proj.shape[1]
     assert "text_projection.weight" in enc.state_dict()
-    torch.testing.assert_close(enc.encode_text(TEXTS), expected, rtol=1e-4, atol=1e-5)
+    assert_close_to_float64(enc.encode_text(TEXTS), expected64, expected)
 
 
 def test_bad_inputs(tokenizer, tiny_vit):

@@ -1,11 +1,12 @@
 """Dense CLIP features (docs/METHOD.md §2) against naive computations written here."""
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_clip
+from conftest import assert_close_to_float64, make_tiny_clip
 
 from pixelclip.modeling.dense import DENSE_VARIANTS, build_dense_encoder
 
@@ -48,8 +49,14 @@ def _mlp(x, block):
     return hidden @ block.mlp.c_proj.weight.t() + block.mlp.c_proj.bias
 
 
+def _float64(module):
+    """A float64 copy of ``module`` (for the reference computations)."""
+    return copy.deepcopy(module).double()
+
+
 def _naive_dense(visual, images, variant):
-    """Per-token / per-head loops with the last block's weights used explicitly."""
+    """Per-token / per-head loops with the last block's weights used explicitly, in the dtype
+    of ``images``."""
     x, (gh, gw) = _tokens_before_last_block(visual, images)
     block = visual.transformer.resblocks[-1]
     attn = block.attn
@@ -59,16 +66,17 @@ def _naive_dense(visual, images, variant):
     wo, bo = attn.out_proj.weight, attn.out_proj.bias
     heads, hd = attn.num_heads, width // attn.num_heads
     batch, tokens = x.shape[:2]
-    out = torch.zeros(batch, gh * gw, visual.proj.shape[1])
+    dtype = x.dtype
+    out = torch.zeros(batch, gh * gw, visual.proj.shape[1], dtype=dtype)
     for b in range(batch):
         h = _ln(x[b], block.ln_1)
         q, k, v = h @ wq.t() + bq, h @ wk.t() + bk, h @ wv.t() + bv
-        mixed = torch.zeros(tokens, width)
+        mixed = torch.zeros(tokens, width, dtype=dtype)
         for head in range(heads):
             sl = slice(head * hd, (head + 1) * hd)
             qh, kh, vh = q[:, sl], k[:, sl], v[:, sl]
             if variant in ("reference", "maskclip"):
-                weights = torch.eye(tokens)
+                weights = torch.eye(tokens, dtype=dtype)
             elif variant == "sclip":
                 weights = torch.softmax(qh @ qh.t() / math.sqrt(hd), -1) + torch.softmax(
                     kh @ kh.t() / math.sqrt(hd), -1
@@ -76,7 +84,7 @@ def _naive_dense(visual, images, variant):
             elif variant == "clearclip":
                 weights = torch.softmax(qh @ qh.t() / math.sqrt(hd), -1)
             else:  # naclip: Gaussian of the grid distance, std 5 cells, nothing for the class token
-                bias = torch.zeros(tokens, tokens)
+                bias = torch.zeros(tokens, tokens, dtype=dtype)
                 for i in range(1, tokens):
                     for j in range(1, tokens):
                         (yi, xi), (yj, xj) = divmod(i - 1, gw), divmod(j - 1, gw)
@@ -106,8 +114,9 @@ def test_vit_dense_matches_naive(variant, size):
     with torch.no_grad():
         got = encoder(images)
         expected = _naive_dense(visual, images, variant)
+        expected64 = _naive_dense(_float64(visual), images.double(), variant)
     assert got.shape == (2, 32, size[0] // 16, size[1] // 16)
-    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+    assert_close_to_float64(got, expected64, expected)
 
 
 def test_variants_differ():
@@ -124,13 +133,15 @@ def test_positional_table_native_grid_is_original_and_resized_is_bicubic():
     visual = make_tiny_clip("tiny-vit").visual
     encoder = build_dense_encoder(visual)
     assert torch.equal(encoder.positional_embedding(4, 4), visual.positional_embedding)
+    visual64 = _float64(visual)
     for grid in [(6, 6), (3, 5), (20, 20), (1, 1)]:
         with torch.no_grad():
             got = encoder.positional_embedding(*grid)
             expected = _naive_table(visual, *grid)
+            expected64 = _naive_table(visual64, *grid)
         assert got.shape == (1 + grid[0] * grid[1], 64)
         assert torch.equal(got[0], visual.positional_embedding[0])
-        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+        assert_close_to_float64(got, expected64, expected, msg=str(grid))
 
 
 def test_positional_cache_follows_optimizer_steps_and_passes_gradients():
@@ -146,7 +157,12 @@ def test_positional_cache_follows_optimizer_steps_and_passes_gradients():
         pos = visual.positional_embedding
         (grad_naive,) = torch.autograd.grad((naive_table * probe).sum(), pos)
         (grad_enc,) = torch.autograd.grad((encoder.positional_embedding(6, 5) * probe).sum(), pos)
-        torch.testing.assert_close(grad_enc, grad_naive, atol=1e-5, rtol=1e-5)
+        visual64 = _float64(visual)
+        table64 = _naive_table(visual64, 6, 5)
+        (grad64,) = torch.autograd.grad(
+            (table64 * probe.double()).sum(), visual64.positional_embedding
+        )
+        assert_close_to_float64(grad_enc, grad64, grad_naive, msg="table gradient")
         optimizer.zero_grad()
         features.square().mean().backward()
         assert visual.positional_embedding.grad.abs().sum() > 0
@@ -155,14 +171,15 @@ def test_positional_cache_follows_optimizer_steps_and_passes_gradients():
         with torch.no_grad():
             after = encoder(images)
             expected = _naive_dense(visual, images, "reference")
+            expected64 = _naive_dense(_float64(visual), images.double(), "reference")
         assert not torch.allclose(after, before, atol=1e-4)  # no stale table served
-        torch.testing.assert_close(after, expected, atol=2e-5, rtol=1e-4)
+        assert_close_to_float64(after, expected64, expected, msg="after a step")
     # A load_state_dict (in-place copy) is seen too.
     with torch.no_grad():
         visual.positional_embedding.mul_(0.5)
-        torch.testing.assert_close(
-            encoder(images), _naive_dense(visual, images, "reference"), atol=2e-5, rtol=1e-4
-        )
+        expected = _naive_dense(visual, images, "reference")
+        expected64 = _naive_dense(_float64(visual), images.double(), "reference")
+        assert_close_to_float64(encoder(images), expected64, expected, msg="after a copy")
 
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-convnext"])
@@ -179,8 +196,8 @@ def test_convnext_dense_matches_hand_computation():
     encoder = build_dense_encoder(visual, "maskclip")  # ConvNeXt ignores the variant
     assert (encoder.stride, encoder.out_channels) == (32, 32)
     images = _images(b=1, h=64, w=96)
-    with torch.no_grad():
-        got = encoder(images)
+
+    def by_hand(visual, images):
         x = visual.trunk.stem(images)
         x = visual.trunk.stages(x)
         norm = visual.trunk.head.norm  # LayerNorm2d over channels at every position
@@ -188,16 +205,21 @@ def test_convnext_dense_matches_hand_computation():
         var = x.var(1, keepdim=True, unbiased=False)
         x = (x - mean) / torch.sqrt(var + norm.eps) * norm.weight[:, None, None]
         x = x + norm.bias[:, None, None]
-        expected = torch.einsum("bchw,dc->bdhw", x, visual.head.proj.weight)
-    assert got.shape == (1, 32, 2, 3)
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    # Global path = mean-pool, then the same norm and projection: consistent with the dense one.
-    pooled = visual.trunk.stages(visual.trunk.stem(images)).mean((2, 3))
+        dense = torch.einsum("bchw,dc->bdhw", x, visual.head.proj.weight)
+        # Global path = mean-pool, then the same norm and projection.
+        pooled = visual.trunk.stages(visual.trunk.stem(images)).mean((2, 3))
+        pooled = F.layer_norm(pooled, (320,), norm.weight, norm.bias, norm.eps)
+        return dense, pooled @ visual.head.proj.weight.t()
+
     with torch.no_grad():
-        manual = F.layer_norm(pooled, (320,), norm.weight, norm.bias, norm.eps)
-        torch.testing.assert_close(
-            encoder.encode_global(images), manual @ visual.head.proj.weight.t(), atol=1e-4, rtol=0
-        )
+        got = encoder(images)
+        expected, expected_global = by_hand(visual, images)
+        expected64, expected_global64 = by_hand(_float64(visual), images.double())
+        got_global = encoder.encode_global(images)
+    assert got.shape == (1, 32, 2, 3)
+    assert_close_to_float64(got, expected64, expected, msg="dense")
+    # The global path is consistent with the dense one.
+    assert_close_to_float64(got_global, expected_global64, expected_global, msg="global")
 
 
 def test_bad_inputs_are_rejected(tiny_vit, tiny_convnext):
@@ -226,7 +248,9 @@ def test_bf16_autocast_and_grad_checkpointing(name, variant):
             bf16 = encoder(images)
     assert bf16.shape == fp32.shape
     torch.testing.assert_close(bf16.float(), fp32, atol=0.15, rtol=0.05)
+    with torch.no_grad():
+        fp64 = build_dense_encoder(_float64(visual), variant)(images.double())
     visual.set_grad_checkpointing(True)
     checkpointed = encoder(images)
     checkpointed.sum().backward()
-    torch.testing.assert_close(checkpointed.detach(), fp32, atol=1e-5, rtol=1e-5)
+    assert_close_to_float64(checkpointed, fp64, fp32)

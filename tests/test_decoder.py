@@ -1,8 +1,11 @@
 """ConvHead (METHOD §5): structure, reference checkpoint layout, shared weights across clusters."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_close_to_float64
 
 from pixelclip.modeling.decoder import ConvHead
 
@@ -72,16 +75,20 @@ def _functional_reference(head: ConvHead, x: torch.Tensor) -> torch.Tensor:
 def test_forward_matches_method_and_shapes():
     head = _head().eval()
     cost = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def resize(x):
+        return F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+
     with torch.no_grad():
         out = head(cost)
         expected = _functional_reference(head, cost.reshape(6, 1, 5, 5)).reshape(2, 3, 20, 20)
+        head64, maps64 = copy.deepcopy(head).double(), cost.reshape(6, 1, 5, 5).double()
+        expected64 = _functional_reference(head64, maps64).reshape(2, 3, 20, 20)
         resized = head(cost, output_size=16)
     assert out.shape == (2, 3, 20, 20)
-    torch.testing.assert_close(out, expected)
+    assert_close_to_float64(out, expected64, expected)
     assert resized.shape == (2, 3, 16, 16)
-    torch.testing.assert_close(
-        resized, F.interpolate(out, size=(16, 16), mode="bilinear", align_corners=False)
-    )
+    assert_close_to_float64(resized, resize(expected64), resize(out), msg="resized")
 
 
 def test_weights_shared_across_clusters():
@@ -92,8 +99,9 @@ def test_weights_shared_across_clusters():
         out = head(cost)
         permuted = head(cost[:, perm])
         single = head(cost[1:2, 3:4])
-    torch.testing.assert_close(permuted, out[:, perm])
-    torch.testing.assert_close(single, out[1:2, 3:4])
+        out64 = copy.deepcopy(head).double()(cost.double())
+    assert_close_to_float64(permuted, out64[:, perm], out[:, perm], msg="permuted")
+    assert_close_to_float64(single, out64[1:2, 3:4], out[1:2, 3:4], msg="single map")
 
 
 def test_other_widths_and_bad_channels():

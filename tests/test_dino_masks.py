@@ -1,11 +1,13 @@
 """k-means and the DINO mask generator (METHOD §8): constructed features, a tiny random ViT."""
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_close_to_float64
 
 from pixelclip.data.dino_masks import DinoMaskGenerator, kmeans, load_dino_state_dict
 
@@ -121,13 +123,19 @@ def images(n=2, h=50, w=70, seed=0):
 
 def test_patch_features_are_imagenet_normalised_tokens_without_class_token(generator):
     x = images()
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    resized = F.interpolate(x.float() / 255, size=(64, 64), mode="bilinear", antialias=True)
-    expected = generator.vit.forward_features((resized - mean) / std)[:, 1:]
+
+    def by_hand(vit, dtype):
+        mean = torch.tensor([0.485, 0.456, 0.406], dtype=dtype).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225], dtype=dtype).view(1, 3, 1, 1)
+        resized = F.interpolate(x.to(dtype) / 255, size=(64, 64), mode="bilinear", antialias=True)
+        with torch.no_grad():
+            return vit.forward_features((resized - mean) / std)[:, 1:]
+
+    expected = by_hand(generator.vit, torch.float32)
+    expected64 = by_hand(copy.deepcopy(generator.vit).double(), torch.float64)
     got = generator.patch_features(x)
     assert got.shape == (2, 16, 32)
-    torch.testing.assert_close(got, expected)
+    assert_close_to_float64(got, expected64, expected)
 
 
 @pytest.mark.parametrize("out_size", [40, (30, 45)])

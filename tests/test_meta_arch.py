@@ -2,12 +2,14 @@
 inference contract of detectron2 (every image, original size), both protocols, bf16, DINO masks,
 config validation."""
 
+import copy
 import itertools
 import logging
 
 import pytest
 import torch
-from conftest import MODEL_CONFIGS
+import torch.nn.functional as F
+from conftest import MODEL_CONFIGS, assert_close_to_float64
 from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
@@ -85,6 +87,47 @@ def vit_model():
     return build_model(tiny_cfg())
 
 
+def _encoder_in(model, dtype):
+    """The student's dense image encoder, or a copy of it in ``dtype``."""
+    encoder = model.backbone.encoder
+    return encoder if dtype == torch.float32 else copy.deepcopy(encoder).to(dtype)
+
+
+def _pixels(model, image, dtype):
+    """uint8 (3, H, W) RGB -> CLIP-normalised pixels in ``dtype``."""
+    return (image.to(dtype) - model.pixel_mean.to(dtype)) / model.pixel_std.to(dtype)
+
+
+@torch.no_grad()
+def slide_reference(model, image, text, rows, cols, dtype=torch.float32):
+    """The sliding-window protocol computed here window by window: the 32 x 32 windows at the
+    given rows and columns, cosine maps upsampled to the window, overlaps averaged."""
+    x, encoder, text = _pixels(model, image, dtype), _encoder_in(model, dtype), text.to(dtype)
+    _, height, width = image.shape
+    total = torch.zeros(text.shape[0], height, width, dtype=dtype)
+    count = torch.zeros(1, height, width, dtype=dtype)
+    for y in rows:
+        for x0 in cols:
+            feats = encoder(x[None, :, y : y + 32, x0 : x0 + 32])
+            cos = torch.einsum("bdhw,cd->bchw", F.normalize(feats, dim=1), text)
+            total[:, y : y + 32, x0 : x0 + 32] += F.interpolate(
+                cos, size=(32, 32), mode="bilinear", align_corners=False
+            )[0]
+            count[:, y : y + 32, x0 : x0 + 32] += 1
+    return total / count
+
+
+@torch.no_grad()
+def whole_reference(model, image, text, dtype=torch.float32):
+    """METHOD §9's reference protocol computed here: the image squashed to 64 x 64, features
+    bilinear to 16 x 16, cosine, bilinear back to the image size."""
+    x, encoder, text = _pixels(model, image, dtype), _encoder_in(model, dtype), text.to(dtype)
+    x = F.interpolate(x[None], size=(64, 64), mode="bilinear", align_corners=False)
+    feats = F.interpolate(encoder(x), size=(16, 16), mode="bilinear", align_corners=False)
+    cos = torch.einsum("bdhw,cd->bchw", F.normalize(feats, dim=1), text)
+    return F.interpolate(cos, size=image.shape[-2:], mode="bilinear", align_corners=False)[0]
+
+
 def _loss(model, batch):
     model.train()
     with torch.no_grad(), EventStorage():
@@ -134,8 +177,10 @@ def test_teacher_follows_the_student_by_ema(vit_model):
     teacher = dict(model.teacher.encoder.named_parameters())
     before = teacher["visual.positional_embedding"].detach().clone()
     _loss(model, training_batch())
-    expected = 0.999 * before + 0.001 * student["visual.positional_embedding"].detach()
-    torch.testing.assert_close(teacher["visual.positional_embedding"], expected)
+    after = student["visual.positional_embedding"].detach()
+    expected = 0.999 * before + 0.001 * after
+    expected64 = 0.999 * before.double() + 0.001 * after.double()
+    assert_close_to_float64(teacher["visual.positional_embedding"], expected64, expected)
     assert not model.teacher.training
     with torch.no_grad():
         student["visual.positional_embedding"].sub_(1.0)
@@ -156,7 +201,8 @@ def test_an_image_without_masks_and_a_batch_without_masks_train(vit_model):
 @pytest.mark.parametrize("protocol", ["whole", "slide"])
 def test_inference_returns_every_image_at_its_original_size(protocol):
     model = build_model(tiny_cfg(**{"MODEL.PIXELCLIP.TEST.PROTOCOL": protocol})).eval()
-    model.set_vocabulary(["cat", "dog, puppy", "grass"])
+    names = ["cat", "dog, puppy", "grass"]
+    model.set_vocabulary(names)
     g = torch.Generator().manual_seed(0)
     inputs = [
         {
@@ -170,9 +216,19 @@ def test_inference_returns_every_image_at_its_original_size(protocol):
     outputs = model(inputs)
     assert [tuple(o["sem_seg"].shape) for o in outputs] == [(3, 96, 160), (3, 64, 64), (3, 20, 24)]
     assert all(torch.isfinite(o["sem_seg"]).all() for o in outputs)
-    # one image alone gives the same scores as inside a batch
+    # one image alone gives the same scores as inside a batch: both are the protocol's scores
     alone = model(inputs[1:2])[0]["sem_seg"]
-    torch.testing.assert_close(alone, outputs[1]["sem_seg"], rtol=1e-4, atol=1e-5)
+    text, image = model.sem_seg_head.class_embeddings(names), inputs[1]["image"]
+
+    def reference(dtype):
+        if protocol == "whole":
+            return whole_reference(model, image, text, dtype)
+        # 64 x 64, crop 32, stride 16: windows at rows and columns 0, 16, 32
+        return slide_reference(model, image, text, (0, 16, 32), (0, 16, 32), dtype)
+
+    expected, expected64 = reference(torch.float32), reference(torch.float64)
+    assert_close_to_float64(outputs[1]["sem_seg"], expected64, expected, msg="in a batch")
+    assert_close_to_float64(alone, expected64, expected, msg="alone")
 
 
 def test_slide_protocol_matches_a_window_by_window_computation():
@@ -183,21 +239,10 @@ def test_slide_protocol_matches_a_window_by_window_computation():
     image = torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8)
     out = model([{"image": image, "height": 40, "width": 56}])[0]["sem_seg"]
     # independent computation: every 32 x 32 window at rows 0, 8 and columns 0, 16, 24
-    x = (image.float() - model.pixel_mean) / model.pixel_std
     text = model.sem_seg_head.class_embeddings(names)
-    total, count = torch.zeros(3, 40, 56), torch.zeros(1, 40, 56)
-    with torch.no_grad():
-        for y in (0, 8):
-            for x0 in (0, 16, 24):
-                feats = model.backbone.encoder(x[None, :, y : y + 32, x0 : x0 + 32])
-                cos = torch.einsum(
-                    "bdhw,cd->bchw", torch.nn.functional.normalize(feats, dim=1), text
-                )
-                total[:, y : y + 32, x0 : x0 + 32] += torch.nn.functional.interpolate(
-                    cos, size=(32, 32), mode="bilinear", align_corners=False
-                )[0]
-                count[:, y : y + 32, x0 : x0 + 32] += 1
-    torch.testing.assert_close(out, total / count, rtol=1e-4, atol=1e-5)
+    expected = slide_reference(model, image, text, (0, 8), (0, 16, 24))
+    expected64 = slide_reference(model, image, text, (0, 8), (0, 16, 24), dtype=torch.float64)
+    assert_close_to_float64(out, expected64, expected)
 
 
 def test_whole_protocol_matches_a_direct_computation(vit_model):
@@ -207,22 +252,9 @@ def test_whole_protocol_matches_a_direct_computation(vit_model):
     image = torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8)
     out = model([{"image": image, "height": 40, "width": 56}])[0]["sem_seg"]
     # independent computation of METHOD §9's reference protocol
-    x = (image.float() - model.pixel_mean) / model.pixel_std
-    x = torch.nn.functional.interpolate(
-        x[None], size=(64, 64), mode="bilinear", align_corners=False
-    )
-    with torch.no_grad():
-        feats = model.backbone.encoder(x)
-        feats = torch.nn.functional.interpolate(
-            feats, size=(16, 16), mode="bilinear", align_corners=False
-        )
-        feats = torch.nn.functional.normalize(feats, dim=1)
-        text = model.sem_seg_head.class_embeddings(names)
-        cos = torch.einsum("bdhw,cd->bchw", feats, text)
-        expected = torch.nn.functional.interpolate(
-            cos, size=(40, 56), mode="bilinear", align_corners=False
-        )[0]
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    text = model.sem_seg_head.class_embeddings(names)
+    expected = whole_reference(model, image, text)
+    assert_close_to_float64(out, whole_reference(model, image, text, torch.float64), expected)
 
 
 def test_vocabulary_can_change_at_run_time(vit_model):
@@ -270,12 +302,15 @@ def test_cost_maps_and_decoder_stem_stay_float32_under_bf16():
         logits = head(features, prompts)
     cost, stem_dtype = seen[0]
     assert cost.dtype == stem_dtype == torch.float32 and logits.shape == (1, 3, 16, 16)
-    expected = torch.einsum(
-        "bdhw,kd->bkhw",
-        torch.nn.functional.normalize(features.float(), dim=1),
-        torch.nn.functional.normalize(prompts, dim=-1),
-    )
-    torch.testing.assert_close(cost.view(1, 3, 4, 4), expected, atol=1e-6, rtol=1e-6)
+
+    def cosine(features, prompts):
+        return torch.einsum(
+            "bdhw,kd->bkhw", F.normalize(features, dim=1), F.normalize(prompts, dim=-1)
+        )
+
+    expected = cosine(features.float(), prompts)
+    expected64 = cosine(features.double(), prompts.double())
+    assert_close_to_float64(cost.view(1, 3, 4, 4), expected64, expected)
 
 
 def test_dino_mask_source_trains_without_mask_files():

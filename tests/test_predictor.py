@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import FLOAT32_EPS
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
@@ -98,9 +99,17 @@ def test_vocabulary_changes_between_calls_and_embeddings_are_cached(predictor, m
     second = predictor(rgb, ["sky | heaven", "road", "tree"])
     assert second["classes"] == ["sky, heaven", "road", "tree"]
     assert second["sem_seg"].shape == (3, 64, 80)
-    # A class's scores do not depend on the other classes or their order.
-    torch.testing.assert_close(second["sem_seg"][0], first["sem_seg"][1])
-    torch.testing.assert_close(second["sem_seg"][2], first["sem_seg"][0])
+    # A class's scores do not depend on the other classes or their order. The image features
+    # are the same unit vectors in both calls, and the cosine maps are only averaged and resized
+    # with convex weights: a class's scores may differ only as much as its two text embeddings
+    # (computed in different text batches: equal up to rounding, see test_text_encoder), plus
+    # the rounding of a 32-term cosine.
+    head = predictor.model.sem_seg_head
+    emb_first = head.class_embeddings(["tree", "sky, heaven"])
+    emb_second = head.class_embeddings(["sky, heaven", "road", "tree"])
+    for i, j in ((0, 1), (2, 0)):
+        bound = float((emb_second[i] - emb_first[j]).norm()) + 4 * 32 * FLOAT32_EPS
+        assert float((second["sem_seg"][i] - first["sem_seg"][j]).abs().max()) <= bound
     n = len(calls)
     predictor(rgb, "tree, sky | heaven")
     assert len(calls) == n  # back to a known vocabulary: no text-tower pass

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_close_to_float64
 
 from pixelclip.modeling.loss import masked_bce_loss
 
@@ -36,7 +37,11 @@ def test_matches_naive():
     logits, targets, covered = _inputs()
     loss = masked_bce_loss(logits, targets, covered)
     assert loss.shape == () and loss.dtype == torch.float32
-    assert loss.item() == pytest.approx(_naive_loss(logits, targets, covered), rel=1e-5)
+    # The same mean in float32 by torch's own BCE: the error a float32 computation makes.
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    expected = bce[covered[:, None].expand_as(bce)].mean()
+    expected64 = torch.tensor(_naive_loss(logits, targets, covered), dtype=torch.float64)
+    assert_close_to_float64(loss, expected64, expected)
 
 
 def test_uncovered_pixels_have_no_influence():
@@ -78,14 +83,19 @@ def test_absent_channels_are_ignored_like_uncovered_pixels():
     channels = torch.tensor([[True, True, True], [True, False, False]])
     got = masked_bce_loss(logits, targets, covered, channels)
     # the same as the mean over the present (image, channel) pairs at covered pixels
-    terms = []
-    for b in range(2):
-        for j in range(3):
-            if channels[b, j]:
-                bce = F.binary_cross_entropy_with_logits(
-                    logits[b, j], targets[b, j], reduction="none"
-                )
-                terms.append(bce[covered[b]])
-    torch.testing.assert_close(got, torch.cat(terms).mean())
+
+    def mean_over_present(logits, targets):
+        terms = []
+        for b in range(2):
+            for j in range(3):
+                if channels[b, j]:
+                    bce = F.binary_cross_entropy_with_logits(
+                        logits[b, j], targets[b, j], reduction="none"
+                    )
+                    terms.append(bce[covered[b]])
+        return torch.cat(terms).mean()
+
+    expected64 = mean_over_present(logits.double(), targets.double())
+    assert_close_to_float64(got, expected64, mean_over_present(logits, targets))
     with pytest.raises(ValueError, match="channels"):
         masked_bce_loss(logits, targets, covered, channels[:, :2])

@@ -1,7 +1,10 @@
 """Parameter groups (LR multipliers, weight-decay exceptions) and full-model gradient clipping."""
 
+import copy
+
 import pytest
 import torch
+from conftest import assert_close_to_float64
 from detectron2.config import get_cfg
 from torch import nn
 
@@ -89,10 +92,14 @@ def test_full_model_clipping_bounds_the_total_update():
         p.grad = torch.randn_like(p) * 100
     grads = [p.grad.clone() for p in params]
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    total64 = torch.linalg.vector_norm(torch.cat([g.double().flatten() for g in grads]))
     optimizer.step()
     for p, b, g in zip(params, before, grads):
-        # SGD with lr 1: the update is the gradient scaled so that the whole model's norm is 0.01
-        torch.testing.assert_close(b - p.detach(), g * (0.01 / total), rtol=1e-4, atol=1e-7)
+        # SGD with lr 1: the update is the gradient scaled so that the whole model's norm is
+        # 0.01. Compared on the parameters (the difference b - p would cancel their digits).
+        expected = b - g * (0.01 / total)
+        expected64 = b.double() - g.double() * (0.01 / total64)
+        assert_close_to_float64(p, expected64, expected)
 
 
 def test_no_clipping_when_disabled():
@@ -124,25 +131,33 @@ def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
     torch.manual_seed(0)
     model, reference_model = ToyModel(), ToyModel()
     reference_model.load_state_dict(model.state_dict())
+    reference_model64 = copy.deepcopy(reference_model).double()
     optimizer = build_optimizer(_cfg(), model)
     assert optimizer.defaults["fused"] is True
-    # the same groups through torch's plain (for-loop) AdamW, with the same full-model clipping
-    reference = torch.optim.AdamW(
-        [
-            {"params": [dict(reference_model.named_parameters())[n] for n in g["names"]]}
-            | {k: g[k] for k in ("lr", "weight_decay")}
-            for g in optimizer.param_groups
-        ],
-        foreach=False,
-    )
+
+    def plain_adamw(model):
+        """The same groups through torch's plain (for-loop) AdamW."""
+        return torch.optim.AdamW(
+            [
+                {"params": [dict(model.named_parameters())[n] for n in g["names"]]}
+                | {k: g[k] for k in ("lr", "weight_decay")}
+                for g in optimizer.param_groups
+            ],
+            foreach=False,
+        )
+
+    references = [plain_adamw(m) for m in (reference_model, reference_model64)]
     for _ in range(3):
         grads = {n: torch.randn_like(p) for n, p in model.named_parameters() if p.requires_grad}
-        for m in (model, reference_model):
+        for m in (model, reference_model, reference_model64):
             for n, p in m.named_parameters():
-                p.grad = grads[n].clone() if n in grads else None
+                p.grad = grads[n].to(p.dtype, copy=True) if n in grads else None
         optimizer.step()
-        params = [p for g in reference.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, 0.01)
-        reference.step()
-    for (name, p), q in zip(model.named_parameters(), reference_model.parameters()):
-        torch.testing.assert_close(p, q, msg=name)
+        for reference in references:  # with the same full-model clipping
+            params = [p for g in reference.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, 0.01)
+            reference.step()
+    for (name, p), q, q64 in zip(
+        model.named_parameters(), reference_model.parameters(), reference_model64.parameters()
+    ):
+        assert_close_to_float64(p, q64, q, msg=name)

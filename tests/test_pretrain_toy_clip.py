@@ -1,5 +1,6 @@
 """Contrastive pretraining of the small ToyWorld CLIP (tools/pretrain_toy_clip.py)."""
 
+import copy
 import json
 import math
 
@@ -7,7 +8,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, load_script, make_tiny_clip
+from conftest import REPO, assert_close_to_float64, load_script, make_tiny_clip
 from safetensors.torch import load_file
 
 from pixelclip.data.toyworld import TOYWORLD_CLASSES, generate_toyworld
@@ -39,8 +40,10 @@ def test_contrastive_loss_matches_a_naive_computation():
     model = make_tiny_clip()
     images = torch.randn(3, 3, 64, 64)
     tokens = open_clip.get_tokenizer("tiny-vit")(["a ball", "grass", "a photo of sky"])
-    with torch.no_grad():
-        loss = tool.contrastive_loss(model, images, tokens)
+
+    @torch.no_grad()
+    def naive(model, images):
+        """One image and one text at a time; the cross-entropies summed in Python floats."""
         fi = [F.normalize(model.encode_image(images[i : i + 1])[0], dim=0) for i in range(3)]
         ft = [F.normalize(model.encode_text(tokens[i : i + 1])[0], dim=0) for i in range(3)]
         scale = math.exp(model.logit_scale.item())
@@ -50,7 +53,12 @@ def test_contrastive_loss_matches_a_naive_computation():
             col = [scale * float(fi[j] @ ft[i]) for j in range(3)]
             total += -row[i] + math.log(sum(math.exp(v) for v in row))
             total += -col[i] + math.log(sum(math.exp(v) for v in col))
-    assert loss.item() == pytest.approx(total / 6, rel=1e-4)
+        return torch.tensor(total / 6, dtype=torch.float64)
+
+    with torch.no_grad():
+        loss = tool.contrastive_loss(model, images, tokens)
+    expected64 = naive(copy.deepcopy(model).double(), images.double())
+    assert_close_to_float64(loss, expected64, naive(model, images))
 
 
 def test_a_few_steps_lower_the_loss():

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import zlib
 
 import data_factory
@@ -342,9 +343,10 @@ def _loader(name):
 
 @pytest.mark.timeout(60)
 def test_every_sample_bad_stops_with_one_summary(registered):
-    """In the main process (DATALOADER.NUM_WORKERS 0). A data-loader worker raises the same
-    error, which torch re-raises in the main process with its text; that is not tested here
-    because torch then needs 5 s to shut the failed worker down."""
+    """Through the project's training loader (its seeded replacement draws may repeat a sample),
+    in the main process (DATALOADER.NUM_WORKERS 0). A data-loader worker raises the same error,
+    which torch re-raises in the main process with its text; that is not tested here because
+    torch then needs 5 s to shut the failed worker down."""
     name, samples = registered
     for s in samples[:2]:
         with open(s["annotation_file"], "w") as f:
@@ -355,16 +357,35 @@ def test_every_sample_bad_stops_with_one_summary(registered):
         assert all(x["image_id"] == "sa_3" for x in next(batches))
     del batches
     os.remove(samples[2]["annotation_file"])
-    # All three bad: one summary, not detectron2's "Sample larger than population".
+    # All three bad: one summary as soon as each has failed, not an endless retry.
     with pytest.raises(TrainingDataError) as info:
         next(iter(_loader(name)))
     message = str(info.value)
-    assert "3 samples tried in a row had no usable mask (3 bad, 0 without a mask" in message
-    assert "as many as the dataset has samples" in message
+    tried = re.search(
+        r"(\d+) samples tried in a row had no usable mask \((\d+) bad, 0 without", message
+    )
+    assert tried and tried[1] == tried[2] and 3 <= int(tried[1]) < 100
+    assert "; all 3 samples of the dataset are bad" in message
     for n in (1, 2):
         assert f"sa_{n}.json: cannot read the annotation JSON" in message
     assert "sa_3.json: annotation file not found" in message
-    assert "Sample larger than population" not in message
+    assert message.count("sa_1.json") == 1  # each reason once
+
+
+def test_detectron2_map_dataset_gets_the_summary_before_its_pool_runs_out(registered):
+    """detectron2's own MapDataset (a shrinking pool) meets the summary, not "Sample larger than
+    population"."""
+    from detectron2.data.common import DatasetFromList, MapDataset
+
+    name, samples = registered
+    for s in samples:
+        os.remove(s["annotation_file"])
+    dataset = MapDataset(
+        DatasetFromList(DatasetCatalog.get(name), copy=False),
+        SA1BDatasetMapper(_train_cfg(name), is_train=True),
+    )
+    with pytest.raises(TrainingDataError, match="3 samples tried in a row.*all 3 samples of"):
+        dataset[0]
 
 
 @pytest.mark.timeout(60)
@@ -395,7 +416,9 @@ def test_streak_is_reset_by_a_usable_sample(tmp_path):
     assert mapper(bad) is None and mapper(bad) is None
     with pytest.raises(TrainingDataError, match="3 samples tried in a row.*give_up_after=3"):
         mapper(bad)
-    # A dataset of two: the second bad sample in a row leaves detectron2 nothing to draw.
-    with pytest.raises(TrainingDataError, match="the last 2 were bad, as many as the dataset"):
-        small = _mapper(dataset_size=2)
-        small(bad), small(bad)
+    # A dataset of two: once both have failed, no replacement can succeed.
+    other = dict(bad, file_name=str(tmp_path / "sa_2.jpg"))
+    small = _mapper(dataset_size=2)
+    assert small(bad) is None and small(bad) is None  # the same sample twice: one of two
+    with pytest.raises(TrainingDataError, match="3 samples tried in a row.*all 2 samples of"):
+        small(other)

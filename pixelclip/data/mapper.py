@@ -38,9 +38,10 @@ directly) drops each bad sample from its replacement pool and, when none is left
 larger than population"; ``SeededMapDataset`` would retry for ever. The mapper stops first, with one
 :class:`TrainingDataError` that says how many samples were tried and lists the first files and
 reasons, when ``give_up_after`` samples in a row had no usable mask (bad, or no mask left on the
-grid of the crop), or when as many samples in a row were bad as the dataset has (the number of dicts
-its loader returned, metadata ``num_images``, recorded by the SA-1B and image-folder loaders). A
-dataset without one usable mask therefore never trains on a loss of 0.
+grid of the crop), or as soon as every sample of the dataset has been bad since the last one
+returned (counted as distinct samples, so it holds for both replacement schemes; the dataset size
+is the number of dicts its loader returned, metadata ``num_images``, recorded by the SA-1B and
+image-folder loaders). A dataset without one usable mask therefore never trains on a loss of 0.
 
 Masks are defined on the EXIF-corrected image (SA-1B images carry no EXIF rotation; masks
 written by our tools are made on ``read_image``'s output). A mask whose size disagrees with the
@@ -177,8 +178,9 @@ class SA1BDatasetMapper:
             dataset_names: the datasets mapped (``DATASETS.TRAIN``); their metadata
                 ``num_images``, once loaded, is the dataset size below.
             dataset_size: number of samples of the dataset (None: from ``dataset_names``, or
-                unknown). After this many bad samples in a row none is left to draw, and the
-                mapper raises :class:`TrainingDataError` instead of returning None.
+                unknown). When this many distinct samples were bad with no sample returned in
+                between, every sample is bad: the mapper raises :class:`TrainingDataError`
+                instead of returning None.
         """
         if mask_source not in MASK_SOURCES:
             raise ValueError(f"unknown mask source {mask_source!r}; choose from {MASK_SOURCES}")
@@ -206,7 +208,8 @@ class SA1BDatasetMapper:
         # worker has its own copy of the mapper and of detectron2's replacement pool).
         self._unusable_in_a_row = 0
         self._bad_in_streak = 0  # bad samples among them
-        self._bad_in_a_row = 0  # bad samples since the last sample returned
+        # The distinct bad samples since the last sample returned (at most give_up_after).
+        self._bad_since_returned: set[str] = set()
         self._reasons: list[str] = []
 
     @classmethod
@@ -258,9 +261,10 @@ class SA1BDatasetMapper:
                 raise
             reason = printable_path(str(e))
             logger.warning("Skipping a training sample: %s", reason)
+            self._bad_since_returned.add(str(dataset_dict.get("file_name")))
             self._count_unusable(reason, bad=True)
             return None
-        self._bad_in_a_row = 0
+        self._bad_since_returned.clear()
         if self.mask_source == "sa1b" and len(out["masks"]) == 0:
             self._count_unusable(
                 f"{printable_path(out.get('annotation_file', out['file_name']))}: no mask left on "
@@ -284,19 +288,18 @@ class SA1BDatasetMapper:
         """Extend the streak of samples without a usable mask; give up when it is too long."""
         self._unusable_in_a_row += 1
         self._bad_in_streak += bad
-        self._bad_in_a_row += bad
-        if len(self._reasons) < _REASONS_SHOWN:
+        if len(self._reasons) < _REASONS_SHOWN and reason not in self._reasons:
             self._reasons.append(reason)
         size = self._known_dataset_size() if bad else None
-        # detectron2 drops every failed sample from its replacement pool: after `size` bad
-        # samples in a row the pool is empty, and its next draw fails with an unrelated message.
-        pool_empty = size is not None and self._bad_in_a_row >= size
-        if self._unusable_in_a_row < self.give_up_after and not pool_empty:
+        # Every sample failed since the last one returned: no replacement can succeed (and
+        # detectron2's shrinking pool is empty, its next draw would fail with an unrelated error).
+        all_bad = size is not None and len(self._bad_since_returned) >= size
+        if self._unusable_in_a_row < self.give_up_after and not all_bad:
             return
         tried, bad_count = self._unusable_in_a_row, self._bad_in_streak
         why = (
-            f"; the last {self._bad_in_a_row} were bad, as many as the dataset has samples"
-            if pool_empty
+            f"; all {size} samples of the dataset are bad"
+            if all_bad
             else f" (the limit, give_up_after={self.give_up_after})"
         )
         raise TrainingDataError(

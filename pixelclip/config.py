@@ -4,6 +4,10 @@ Every key has one comment stating its meaning and allowed values. The reference 
 (docs/METHOD.md) are the defaults or live in ``configs/Base-PixelCLIP.yaml``.
 """
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
 from detectron2.config import CfgNode as CN
 
 # CLIP's normalisation constants on detectron2's 0-255 pixel scale.
@@ -161,3 +165,68 @@ def add_pixelclip_config(cfg: CN) -> None:
     cfg.SOLVER.DECODER_MULTIPLIER = 1.0
     # Weight decay of nn.Embedding parameters (normalisation layers use WEIGHT_DECAY_NORM).
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+
+
+# --------------------------------------------------------------------------- reading configs
+# Keys that name input files or folders; relative values are made absolute when a config is read.
+PATH_KEYS = (
+    "MODEL.WEIGHTS",
+    "MODEL.CLIP.PRETRAINED",  # also takes open_clip tags ("openai"): only existing paths change
+    "MODEL.CLIP.MODEL_CONFIG",
+    "MODEL.DINO.WEIGHTS",
+    "MODEL.PIXELCLIP.TEST.VOCABULARY_FILE",
+    "DATASETS.SA1B.ROOT",
+    "DATASETS.SA1B.SUBSET",
+    "DATASETS.SA1B.ANNOTATION_ROOT",
+)
+
+
+def resolve_config_paths(cfg: CN, config_file: str | os.PathLike | None = None) -> None:
+    """Make the relative paths of :data:`PATH_KEYS` absolute, in place (cfg must not be frozen).
+
+    A relative path is looked up in the working directory first, then in the folder of
+    ``config_file`` and each folder above it (so ``configs/clip_models/x.json`` in a config under
+    ``configs/`` is found from anywhere); the first that exists wins. Paths found nowhere are left
+    as they are, for the error of whoever reads them. The config that ``default_setup`` saves
+    beside a run's checkpoints then works from any folder.
+    """
+    folders = [Path.cwd()]
+    if config_file is not None:
+        here = Path(config_file).resolve().parent
+        folders += [here, *here.parents]
+    for key in PATH_KEYS:
+        *parents, last = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        value = node[last]
+        if not value or os.path.isabs(value) or "://" in value:
+            continue
+        for folder in folders:
+            candidate = folder / os.path.expanduser(value)
+            if candidate.exists():
+                node[last] = str(candidate.resolve())
+                break
+
+
+def build_config(config_file: str | os.PathLike, opts: Sequence[str] = ()) -> CN:
+    """The one way to make a config from a file: detectron2's defaults, the PixelCLIP keys, the
+    YAML file (read safely, ``_BASE_`` included), ``KEY VALUE`` overrides, then absolute paths
+    (:func:`resolve_config_paths`). Not frozen.
+
+    Raises:
+        FileNotFoundError, ValueError: the file is missing, refused, or has unknown keys.
+    """
+    from detectron2.config import get_cfg
+
+    from .checkpoint.safe_io import merge_config_file
+
+    path = os.fspath(config_file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    cfg = get_cfg()
+    add_pixelclip_config(cfg)
+    merge_config_file(cfg, path)
+    cfg.merge_from_list(list(opts))
+    resolve_config_paths(cfg, path)
+    return cfg

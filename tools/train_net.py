@@ -13,8 +13,7 @@ needs --resume (continue) or --overwrite (start again).
 
 from detectron2.engine import default_argument_parser, launch
 
-from pixelclip.checkpoint import PixelCLIPCheckpointer
-from pixelclip.engine import Trainer, setup
+from pixelclip.engine import Trainer, build_eval_model, setup
 
 
 def build_parser():
@@ -32,11 +31,7 @@ def build_parser():
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        PixelCLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        return Trainer.test(cfg, model)
+        return Trainer.test(cfg, build_eval_model(cfg, resume=args.resume))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

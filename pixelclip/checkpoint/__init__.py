@@ -9,7 +9,7 @@
 * :mod:`.open_clip_export`: our state dict back to a plain open_clip CLIP.
 """
 
-from .checkpointer import PixelCLIPCheckpointer, load_weights
+from .checkpointer import PixelCLIPCheckpointer, build_model_from_checkpoint, load_weights
 from .open_clip_export import to_open_clip_state_dict
 from .reference import (
     DEFAULT_LOGIT_SCALE,
@@ -37,6 +37,7 @@ __all__ = [
     "ConversionReport",
     "PixelCLIPCheckpointer",
     "atomic_save",
+    "build_model_from_checkpoint",
     "check_local_file",
     "check_state_dict_matches",
     "convert_reference_state_dict",

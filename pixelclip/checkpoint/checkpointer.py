@@ -61,7 +61,7 @@ class PixelCLIPCheckpointer(DetectionCheckpointer):
         """Load ``path`` (see the class docstring); "" loads nothing."""
         if path:
             path = check_local_file(path, "checkpoint")
-            self.logger.info("Loading checkpoint %s", os.path.abspath(path))
+            logger.info("Loading checkpoint %s", os.path.abspath(path))
         return super().load(path, *args, **kwargs)
 
     def _torch_load(self, f: str) -> dict:
@@ -87,6 +87,12 @@ class PixelCLIPCheckpointer(DetectionCheckpointer):
         checkpoint.pop(self._REFERENCE_FLAG, False)
         source = checkpoint.pop("__source__", "checkpoint")
         sd, expected = checkpoint["model"], self.model.state_dict()
+        unused = [k for k in sd if k.startswith(TRAINING_ONLY_PREFIXES) and k not in expected]
+        if unused:
+            logger.info("%s: %d tensors of training-only parts not loaded (%s...)", source,
+                        len(unused), unused[0])  # fmt: skip
+            for key in unused:
+                del sd[key]
         if any(k.startswith(TEACHER) for k in expected) and fill_teacher_from_student(sd):
             logger.info("%s has no teacher: teacher initialised from the student", source)
         if not self.allow_partial:
@@ -109,10 +115,10 @@ class PixelCLIPCheckpointer(DetectionCheckpointer):
         """Resume from the last complete checkpoint of ``save_dir`` if ``resume`` and one exists,
         else load ``path`` (model only)."""
         if resume and self.has_checkpoint():
-            return self.load(self._resumable_checkpoint())
+            return self.load(self.resumable_checkpoint())
         return self.load(path, checkpointables=[])
 
-    def _resumable_checkpoint(self) -> str:
+    def resumable_checkpoint(self) -> str:
         """The tagged checkpoint, or the newest readable one if the tag names a bad file."""
         tagged = self.get_checkpoint_file()
         try:
@@ -182,7 +188,43 @@ class PixelCLIPCheckpointer(DetectionCheckpointer):
             stale.unlink(missing_ok=True)
 
 
+# Training-only parts a checkpoint may hold that an inference model does not build.
+TRAINING_ONLY_PREFIXES = ("mask_generator.",)
+
+
 def load_weights(model, path: str, *, allow_partial: bool = False) -> None:
     """Load a PixelCLIP checkpoint (ours or the reference layout) into ``model``: the one way
     every entry point (train_net, evaluate_all, Predictor, demo, export) loads weights."""
     PixelCLIPCheckpointer(model, allow_partial=allow_partial).load(path, checkpointables=[])
+
+
+def build_model_from_checkpoint(cfg, weights: str):
+    """The model of ``cfg`` with every tensor from ``weights``, needing no other file.
+
+    A checkpoint holds both CLIP towers, the prompts, the decoder and the teacher, so the model is
+    built without reading ``MODEL.CLIP.PRETRAINED`` (the pre-trained CLIP file of the training
+    machine need not exist here) and without the training-only DINO mask generator; the strict
+    load then guarantees that nothing is left at its random initial value.
+
+    Args:
+        cfg: the run's config (not modified).
+        weights: the checkpoint.
+
+    Returns:
+        The model in eval mode.
+    """
+    from detectron2.modeling import build_model
+
+    check_local_file(weights, "checkpoint")  # before the (slow) build
+    cfg = cfg.clone()
+    cfg.defrost()
+    if cfg.MODEL.CLIP.PRETRAINED:
+        logger.info("Weights come from %s: MODEL.CLIP.PRETRAINED (%s) is not read", weights,
+                    cfg.MODEL.CLIP.PRETRAINED)  # fmt: skip
+    cfg.MODEL.CLIP.PRETRAINED = ""
+    cfg.INPUT.MASK_SOURCE = "sa1b"  # masks are a training input
+    cfg.freeze()
+    with torch.random.fork_rng():  # the throw-away random init leaves the caller's RNG alone
+        model = build_model(cfg)
+    load_weights(model, weights, allow_partial=cfg.MODEL.PIXELCLIP.ALLOW_PARTIAL_WEIGHTS)
+    return model.eval()

@@ -1,3 +1,3 @@
-from .trainer import Trainer, setup
+from .trainer import Trainer, build_eval_model, setup
 
-__all__ = ["Trainer", "setup"]
+__all__ = ["Trainer", "build_eval_model", "setup"]

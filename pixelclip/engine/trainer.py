@@ -14,7 +14,7 @@ import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import (
     AMPTrainer,
@@ -28,8 +28,8 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import PixelCLIPCheckpointer, merge_config_file
-from ..config import add_pixelclip_config
+from ..checkpoint import PixelCLIPCheckpointer, build_model_from_checkpoint
+from ..config import build_config
 from ..config_checks import validate_config
 from ..data.mapper import SA1BDatasetMapper
 from ..data.sa1b import register_sa1b_from_config
@@ -130,6 +130,20 @@ class Trainer(DefaultTrainer):
         return results[next(iter(results))] if len(results) == 1 else results
 
 
+def build_eval_model(cfg: CfgNode, resume: bool = False) -> torch.nn.Module:
+    """The model ``--eval-only`` evaluates: from the last checkpoint of ``OUTPUT_DIR`` with
+    ``resume``, else from ``MODEL.WEIGHTS`` (a checkpoint is all it needs, see
+    :func:`~pixelclip.checkpoint.build_model_from_checkpoint`); with neither, plain CLIP."""
+    path = cfg.MODEL.WEIGHTS
+    probe = PixelCLIPCheckpointer(torch.nn.Module(), cfg.OUTPUT_DIR)
+    if resume and probe.has_checkpoint():
+        path = probe.resumable_checkpoint()
+    if not path:
+        logger.warning("no checkpoint (MODEL.WEIGHTS is empty): evaluating plain CLIP")
+        return Trainer.build_model(cfg)
+    return build_model_from_checkpoint(cfg, path)
+
+
 def check_output_dir(cfg: CfgNode, args) -> None:
     """Refuse to start training from scratch over the checkpoints of an earlier run.
 
@@ -153,10 +167,7 @@ def check_output_dir(cfg: CfgNode, args) -> None:
 def setup(args) -> CfgNode:
     """Config from ``args.config_file`` and ``args.opts`` (detectron2's argument parser), frozen,
     with detectron2's default set-up (logging, output folder, seeding)."""
-    cfg = get_cfg()
-    add_pixelclip_config(cfg)
-    merge_config_file(cfg, args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = build_config(args.config_file, args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(
             "MODEL.DEVICE is %r but CUDA is not available: using the CPU", cfg.MODEL.DEVICE

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-from ..checkpoint import check_local_file, load_weights, merge_config_file
-from ..config import add_pixelclip_config
+from ..checkpoint import build_model_from_checkpoint
+from ..config import build_config
 from .vocabulary import load_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -177,18 +176,6 @@ def to_rgb_array(image, input_format: str = "RGB") -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- config
-def build_config(config_file: str | os.PathLike, opts: Sequence[str] = ()) -> CfgNode:
-    """detectron2 defaults + PixelCLIP keys + a YAML file + ``KEY VALUE`` overrides (not frozen)."""
-    path = os.fspath(config_file)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    cfg = get_cfg()
-    add_pixelclip_config(cfg)
-    merge_config_file(cfg, path)
-    cfg.merge_from_list(list(opts))
-    return cfg
-
-
 def _resolve_source(cfg_or_path, weights: str | None) -> tuple[CfgNode, str]:
     if isinstance(cfg_or_path, CfgNode):
         if "PIXELCLIP" not in cfg_or_path.MODEL:
@@ -290,13 +277,9 @@ class Predictor:
         self.cfg = cfg
         self.input_format = input_format
         if weights:
-            check_local_file(weights, "checkpoint")  # before the (slow) model build
-        self.model = build_model(cfg).eval()
-        if weights:
-            load_weights(
-                self.model, weights, allow_partial=cfg.MODEL.PIXELCLIP.ALLOW_PARTIAL_WEIGHTS
-            )
+            self.model = build_model_from_checkpoint(cfg, weights)
         else:
+            self.model = build_model(cfg).eval()
             logger.warning(
                 "no checkpoint given: the image tower is plain CLIP (MODEL.CLIP.PRETRAINED=%r), "
                 "not fine-tuned by PixelCLIP",

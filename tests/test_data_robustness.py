@@ -1,4 +1,4 @@
-"""Training data that cannot hang or exhaust memory (issue 15, item 3): the SA-1B listing takes
+"""Training data that cannot hang or exhaust memory: the SA-1B listing takes
 regular files only, every malformed sample is a logged skip naming its file, a dataset without a
 usable sample stops with one summary error, and non-UTF-8 file names never break listing or
 logging."""

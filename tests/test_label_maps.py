@@ -1,4 +1,4 @@
-"""Label maps are validated before they are scored (issue 15, item 3d): values in 0..C-1 or the
+"""Label maps are validated before they are scored: values in 0..C-1 or the
 ignore label, the image's size, one channel; otherwise an error naming the file, through the
 evaluator that ``train_net --eval-only`` and ``tools/evaluate_all.py`` build
 (``Trainer.build_evaluator``), never wrong metrics."""

@@ -345,7 +345,7 @@ def test_impossible_config_values_name_the_key(key, value):
         build_model(tiny_cfg(**{key: value}))
 
 
-# ------------------------------------------------------------------------ ablations (issue 6)
+# ------------------------------------------------------------------------ ablations (Quick start)
 def test_without_semantic_clustering_each_mask_is_its_own_target():
     model = build_model(tiny_cfg(**{"MODEL.PIXELCLIP.SEMANTIC_CLUSTERING": False}))
     model.train()

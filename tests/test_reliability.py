@@ -1,4 +1,4 @@
-"""Reliability (issue 8): a killed training run resumes to the same weights, checkpoints are
+"""Reliability: a killed training run resumes to the same weights, checkpoints are
 written atomically, malicious pickles are refused on every weight path, impossible configs fail
 at build time, interrupted mask generation resumes. docs/RELIABILITY.md maps cases to tests."""
 

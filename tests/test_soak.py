@@ -1,4 +1,4 @@
-"""Soak test (issue 8): 300 training iterations on a tiny ToyWorld with an evaluation every 100
+"""Soak test: 300 training iterations on a tiny ToyWorld with an evaluation every 100
 iterations must not leak memory (RSS) or file descriptors.
 
 Bounds: after warm-up (the first evaluation, iteration 100: allocator pools, the evaluator's

@@ -1,4 +1,4 @@
-"""The dense CLIP image tower as a detectron2 backbone (docs/DESIGN.md, registries)."""
+"""The dense CLIP image tower as a detectron2 backbone (docs/METHOD.md §2)."""
 
 from __future__ import annotations
 

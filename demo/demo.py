@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pixelclip").setLevel(logging.INFO)  # ours; third-party INFO is noise
 
     from pixelclip.inference.predictor import Predictor, build_config, parse_vocabulary
-    from pixelclip.inference.vocabulary import load_vocabulary
+    from pixelclip.modeling.vocabulary import load_vocabulary
 
     if args.video_input and not Path(args.video_input).is_file():
         logger.error("video %s does not exist", args.video_input)

@@ -128,7 +128,7 @@ def _test_dataset_problems(cfg: CfgNode) -> list[str]:
     """Unregistered or unprepared ``DATASETS.TEST`` entries, and a fixed vocabulary of the wrong
     size. Listing a dataset reads its folder, not its images."""
     from .evaluation.evaluate import find_missing_datasets
-    from .inference.vocabulary import load_vocabulary
+    from .modeling.vocabulary import load_vocabulary
 
     names = list(cfg.DATASETS.TEST)
     registered = set(DatasetCatalog.list())

@@ -487,7 +487,7 @@ def test_files_we_write_get_normal_permissions(tmp_path, umask_022):
     import numpy as np
 
     from pixelclip.data.prepare_utils import atomic_save_png
-    from pixelclip.inference.vocabulary import VocabularyEmbedder
+    from pixelclip.modeling.vocabulary import VocabularyEmbedder
 
     atomic_save(tmp_path / "a.pth", {"model": {"w": torch.zeros(1)}})
     atomic_save(tmp_path / "a.safetensors", {"w": torch.zeros(1)})

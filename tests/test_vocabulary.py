@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from conftest import assert_close_to_float64
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-from pixelclip.inference.vocabulary import (
+from pixelclip.modeling.text import CLIPTextEncoder
+from pixelclip.modeling.vocabulary import (
     PROMPT_ENSEMBLES,
     VocabularyEmbedder,
     encode_vocabulary,
     load_vocabulary,
     prompt_templates,
 )
-from pixelclip.modeling.text import CLIPTextEncoder
 
 NAMES = ["cat", "person, people,  human", "traffic light", "sky"]
 TEMPLATES = PROMPT_ENSEMBLES["imagenet_select"][:3]

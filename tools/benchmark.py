@@ -371,7 +371,7 @@ def bench_infer(spec: str, s: dict, args) -> dict:
     import torch
     from detectron2.modeling import build_model
 
-    from pixelclip.inference.vocabulary import load_vocabulary
+    from pixelclip.modeling.vocabulary import load_vocabulary
 
     _, model_key, protocol, precision = spec.split(":")
     cfg = build_cfg(model_key, precision, s, args.quick, args.opts)

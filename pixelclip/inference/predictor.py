@@ -26,7 +26,7 @@ from detectron2.modeling import build_model
 
 from ..checkpoint import build_model_from_checkpoint
 from ..config import build_config
-from .vocabulary import load_vocabulary
+from ..modeling.vocabulary import load_vocabulary
 
 logger = logging.getLogger(__name__)
 

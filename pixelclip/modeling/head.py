@@ -14,10 +14,10 @@ from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..inference.vocabulary import PROMPT_ENSEMBLES, VocabularyEmbedder, prompt_templates
 from .clip import create_clip_from_config
 from .decoder import ConvHead
 from .text import CLIPTextEncoder, LearnablePrompts
+from .vocabulary import PROMPT_ENSEMBLES, VocabularyEmbedder, prompt_templates
 
 
 @SEM_SEG_HEADS_REGISTRY.register()

@@ -23,10 +23,10 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from torch import nn
 
-from ..inference.vocabulary import load_vocabulary
 from .clustering import cluster_masks, own_mask_targets
 from .loss import masked_bce_loss
 from .teacher import MomentumTeacher
+from .vocabulary import load_vocabulary
 
 logger = logging.getLogger(__name__)
 

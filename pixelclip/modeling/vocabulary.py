@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pixelclip.checkpoint.safe_io import read_tensor_file, write_atomically
-from pixelclip.modeling.text import CLIPTextEncoder
+from ..checkpoint.safe_io import read_tensor_file, write_atomically
+from .text import CLIPTextEncoder
 
 logger = logging.getLogger(__name__)
 

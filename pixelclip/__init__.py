@@ -4,7 +4,7 @@ Importing the package registers its detectron2 components (meta-architecture, ba
 datasets) and does nothing else: no disk access, no network, no seeding, no device placement.
 """
 
-from . import data, modeling  # noqa: F401  (registration)
+from . import data, modeling, toyworld  # noqa: F401  (registration)
 from .config import add_pixelclip_config
 from .inference import Predictor
 

@@ -1,6 +1,6 @@
-"""tools/benchmark.py with tiny settings: the JSON report's schema and arithmetic, the yardstick
-mapper's agreement with the real one, target judgement, bad arguments. Timings are never
-asserted."""
+"""The benchmarks (pixelclip.benchmark, tools/benchmark.py) with tiny settings: the JSON report's
+schema and arithmetic, the yardstick mapper's agreement with the real one, target judgement, bad
+arguments. Timings are never asserted."""
 
 import json
 import statistics
@@ -10,14 +10,10 @@ import pytest
 import torch
 from conftest import load_script
 
+from pixelclip.benchmark import common, matmul
+from pixelclip.benchmark import runner as bench
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_tool():
-    return load_script("tools/benchmark.py", "pixelclip_benchmark_tool")
-
-
-bench = _load_tool()
 SPECS = ["matmul:fp32", "train:vit:base:fp32", "infer:vit:whole:fp32", "mapper"]
 
 
@@ -125,7 +121,7 @@ def test_targets_are_judged_against_the_limits():
 
 
 def test_median_of_an_even_count_is_the_mean_of_the_middle_two():
-    s = bench.summary([3.0, 1.0, 10.0, 2.0])
+    s = common.summary([3.0, 1.0, 10.0, 2.0])
     assert (s["median_s"], s["min_s"], s["max_s"]) == (2.5, 1.0, 10.0)
 
 
@@ -135,6 +131,13 @@ def test_isolated_worker_runs_in_its_own_process():
     assert "error" not in result, result
     assert result["name"] == "matmul:fp32" and result["peak_rss_mb"] > 0
     assert result["gflop"] == pytest.approx(2 * 128**3 / 1e9)
+
+
+def test_the_tool_runs_the_package_runner(capsys):
+    tool = load_script("tools/benchmark.py", "pixelclip_benchmark_tool")
+    with pytest.raises(SystemExit) as exc:
+        tool.main(["--help"])
+    assert exc.value.code == 0 and "train:{vit,convnext}" in capsys.readouterr().out
 
 
 def test_bad_arguments_fail_with_a_clear_message(capsys):
@@ -151,7 +154,7 @@ def test_bad_arguments_fail_with_a_clear_message(capsys):
 
 def test_config_overrides_reach_the_benchmarked_model(capsys):
     args = bench.parse_args(["--quick", "--opts", "MODEL.CLIP.GRAD_CHECKPOINTING", "True"])
-    cfg = bench.build_cfg("vit", "fp32", bench.QUICK, True, args.opts)
+    cfg = common.build_cfg("vit", "fp32", common.QUICK, True, args.opts)
     assert cfg.MODEL.CLIP.GRAD_CHECKPOINTING is True
     with pytest.raises(SystemExit):
         bench.parse_args(["--opts", "MODEL.CLIP.GRAD_CHECKPOINTING"])
@@ -166,11 +169,11 @@ def test_peak_rss_is_read_before_the_flop_counting_run(spec, monkeypatch):
     def counting_run_that_hogs_memory(fn, by_module=False):
         fn()
         # more than the whole peak so far: the process's peak RSS must rise
-        hog.append(torch.ones(int((bench.peak_rss_mb() + 64) * 2**20), dtype=torch.uint8))
+        hog.append(torch.ones(int((common.peak_rss_mb() + 64) * 2**20), dtype=torch.uint8))
         return 0
 
-    monkeypatch.setattr(bench, "count_flops", counting_run_that_hogs_memory)
-    monkeypatch.setattr(bench, "bench_matmul", lambda *a: {"gflops": 1.0})
+    monkeypatch.setattr(matmul, "count_flops", counting_run_that_hogs_memory)
+    monkeypatch.setattr(matmul, "bench_matmul", lambda *a: {"gflops": 1.0})
     args = bench.parse_args(["--quick", "--in-process", "--threads", "1", "--repeats", "1"])
-    result = bench.RUNNERS[spec.split(":")[0]](spec, bench.QUICK, args)
-    assert hog and result["peak_rss_mb"] < bench.peak_rss_mb() - 32
+    result = bench.RUNNERS[spec.split(":")[0]](spec, common.QUICK, args)
+    assert hog and result["peak_rss_mb"] < common.peak_rss_mb() - 32

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_close_to_float64
 
-from pixelclip.data.dino_masks import DinoMaskGenerator, kmeans, load_dino_state_dict
+from pixelclip.masks.dino import DinoMaskGenerator, kmeans, load_dino_state_dict
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 

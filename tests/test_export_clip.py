@@ -1,5 +1,5 @@
-"""tools/export_clip.py: the fine-tuned CLIP written as an open_clip checkpoint that
-``open_clip.create_model(name, pretrained=file)`` loads directly."""
+"""tools/export_clip.py (pixelclip.checkpoint): the fine-tuned CLIP written as an open_clip
+checkpoint that ``open_clip.create_model(name, pretrained=file)`` loads directly."""
 
 import copy
 import math
@@ -11,12 +11,10 @@ import torch
 from conftest import assert_close_to_float64, load_script
 from test_reference_checkpoint import _source, to_reference_layout
 
+from pixelclip.checkpoint.cli import export_clip_main
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = REPO / "configs" / "clip_models"
-
-
-def _tool():
-    return load_script("tools/export_clip.py", "export_clip")
 
 
 def _save(tmp_path, sd, name="model_final.pth"):
@@ -38,7 +36,7 @@ def test_export_loads_in_open_clip(tmp_path, name, suffix):
     args = [_save(tmp_path, model.state_dict()), str(out)]
     if name == "tiny-vit":  # the check inside the tool (creating a ConvNeXt costs ~1 s)
         args += ["--model-name", name, "--model-config", str(MODEL_CONFIGS / f"{name}.json")]
-    assert _tool().main(args) == 0
+    assert export_clip_main(args) == 0
 
     clip = open_clip.create_model(name, pretrained=str(out)).eval()
     ours = model.state_dict()
@@ -64,7 +62,7 @@ def test_export_loads_in_open_clip(tmp_path, name, suffix):
 def test_export_teacher_tower(tmp_path):
     model = _source("tiny-vit")
     out = tmp_path / "teacher.safetensors"
-    assert _tool().main([_save(tmp_path, model.state_dict()), str(out), "--teacher"]) == 0
+    assert export_clip_main([_save(tmp_path, model.state_dict()), str(out), "--teacher"]) == 0
     clip = open_clip.create_model("tiny-vit", pretrained=str(out)).eval()
     with torch.no_grad():
         got = clip.encode_image(_images())
@@ -77,9 +75,8 @@ def test_export_from_reference_checkpoint_and_logit_scale_sources(tmp_path):
     ref = to_reference_layout(model.state_dict())
     ref["sem_seg_head.predictor.clip_model.logit_scale"] = torch.tensor(3.5)
     ckpt = _save(tmp_path, ref, "reference.pth")
-    tool = _tool()
 
-    assert tool.main([ckpt, str(tmp_path / "a.safetensors")]) == 0
+    assert export_clip_main([ckpt, str(tmp_path / "a.safetensors")]) == 0
     clip = open_clip.create_model("tiny-vit", pretrained=str(tmp_path / "a.safetensors"))
     assert clip.logit_scale.item() == 3.5  # the reference keeps CLIP's value
     visual = model.state_dict()["backbone.encoder.visual.conv1.weight"]
@@ -89,9 +86,9 @@ def test_export_from_reference_checkpoint_and_logit_scale_sources(tmp_path):
     base["logit_scale"] = torch.tensor(2.25)
     torch.save(base, tmp_path / "base.pt")
     args = [ckpt, str(tmp_path / "b.pt"), "--base-weights", str(tmp_path / "base.pt")]
-    assert tool.main(args) == 0
+    assert export_clip_main(args) == 0
     assert torch.load(tmp_path / "b.pt", weights_only=True)["logit_scale"].item() == 2.25
-    assert tool.main(args[:2] + ["--overwrite", "--logit-scale", "1.5"] + args[2:]) == 0
+    assert export_clip_main(args[:2] + ["--overwrite", "--logit-scale", "1.5"] + args[2:]) == 0
     assert torch.load(tmp_path / "b.pt", weights_only=True)["logit_scale"].item() == 1.5
 
 
@@ -101,26 +98,25 @@ def test_wrong_model_name_fails_and_writes_nothing(tmp_path, capsys):
     ckpt = _save(tmp_path, model.state_dict())
     config = str(MODEL_CONFIGS / "tiny-convnext.json")
     args = [ckpt, str(out), "--model-name", "tiny-convnext", "--model-config", config]
-    assert _tool().main(args) == 1
+    assert export_clip_main(args) == 1
     assert "open_clip cannot load the export into 'tiny-convnext'" in capsys.readouterr().err
     assert list(out.parent.iterdir()) == []  # no output, no temporary file left behind
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
-    tool = _tool()
-    assert tool.main([str(tmp_path / "missing.pth"), str(tmp_path / "o.pt")]) == 1
+    assert export_clip_main([str(tmp_path / "missing.pth"), str(tmp_path / "o.pt")]) == 1
     assert "missing.pth" in capsys.readouterr().err
     no_text = {
         k: v for k, v in _source("tiny-vit").state_dict().items() if "sem_seg_head.text" not in k
     }
-    assert tool.main([_save(tmp_path, no_text), str(tmp_path / "o.pt")]) == 1
+    assert export_clip_main([_save(tmp_path, no_text), str(tmp_path / "o.pt")]) == 1
     assert "no text tower (sem_seg_head.text.*)" in capsys.readouterr().err
     assert not (tmp_path / "o.pt").exists()
 
 
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit) as info:
-        _tool().main(["--help"])
+        load_script("tools/export_clip.py", "export_clip_tool").main(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
     options = ["--teacher", "--logit-scale", "--base-weights", "--model-name", "--model-config"]

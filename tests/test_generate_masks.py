@@ -1,4 +1,5 @@
-"""SA-1B JSON writing/reading and the mask-generation CLI (DINO and a tiny random SAM)."""
+"""SA-1B JSON writing/reading, the mask writer (pixelclip.masks) and the mask-generation CLI
+(DINO and a tiny random SAM)."""
 
 import json
 import logging
@@ -20,15 +21,10 @@ from pixelclip.data.sa1b_format import (
     read_sa1b_json,
     write_sa1b_json,
 )
+from pixelclip.masks import cli
+from pixelclip.masks.writer import generate_masks
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_tool():
-    return load_script("tools/generate_masks.py", "generate_masks")
-
-
-tool = _load_tool()
 
 
 # ------------------------------------------------------------------------ SA-1B format
@@ -164,7 +160,7 @@ def test_cli_dino_end_to_end_and_resume(image_folder, tmp_path, capsys, caplog):
             "--dino-weights", str(weights), "--dino-model", "test_vit",
             "--dino-resolution", "64", "--num-clusters", "4", "--no-progress"]  # fmt: skip
     with caplog.at_level(logging.ERROR):
-        assert tool.main(argv) == 0
+        assert cli.main(argv) == 0
     records = check_run(image_folder, out, capsys, caplog)
     for record in records.values():
         masks = decode_masks(record)
@@ -172,12 +168,12 @@ def test_cli_dino_end_to_end_and_resume(image_folder, tmp_path, capsys, caplog):
         assert np.array_equal(masks.sum(0), np.ones(masks.shape[1:]))  # DINO masks partition
     # Resume: everything done is skipped (the model is not even built); files stay untouched.
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
-    assert tool.main(argv) == 0
+    assert cli.main(argv) == 0
     assert "processed 0, skipped 3, failed 1" in capsys.readouterr().out
     assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
     # A damaged JSON is regenerated; --strict turns the corrupt image into a failure exit code.
     (out / "c.json").write_text('{"annotations": [')
-    assert tool.main([*argv, "--strict"]) == 1
+    assert cli.main([*argv, "--strict"]) == 1
     assert "processed 1, skipped 2, failed 1" in capsys.readouterr().out
     assert read_sa1b_json(out / "c.json") == records["c.json"]
 
@@ -246,7 +242,7 @@ def test_cli_sam_end_to_end_matches_the_sam_generator(
             "--pred-iou-thresh", "-1000", "--stability-score-thresh", "0",
             "--no-progress"]  # fmt: skip
     with caplog.at_level(logging.ERROR):
-        assert tool.main(argv) == 0
+        assert cli.main(argv) == 0
     records = check_run(image_folder, image_folder, capsys, caplog)  # JSONs next to the images
     # Independently: the same tiny SAM through segment_anything's generator, decoded by pycocotools.
     generator = SamAutomaticMaskGenerator(
@@ -283,8 +279,8 @@ def test_max_side_downscales_for_generation_and_stores_full_size(tmp_path):
         mask[:, :7] = True
         return [{"segmentation": mask}, {"segmentation": np.zeros_like(mask)}]
 
-    counts = tool.generate_masks([path], left_columns, [tmp_path / "big.json"], max_side=25,
-                                 progress=False)  # fmt: skip
+    counts = generate_masks([path], left_columns, [tmp_path / "big.json"], max_side=25,
+                            progress=False)  # fmt: skip
     assert counts == (1, 0, 0) and seen == [(10, 25, 3)]
     masks = decode_masks(read_sa1b_json(tmp_path / "big.json"))
     assert masks.shape == (1, 40, 100)  # the empty mask is dropped; stored at the image size
@@ -311,8 +307,8 @@ def test_non_utf8_names_and_images_without_masks_are_reported(tmp_path, capsys, 
 
     out = tmp_path / "masks"
     argv = ["--input", str(root), "--output", str(out), "--source", "dino", "--no-progress"]
-    with caplog.at_level(logging.WARNING, logger="generate_masks"):
-        assert tool.main(argv, mask_fn=brightness_masks) == 0
+    with caplog.at_level(logging.WARNING, logger="pixelclip.masks"):
+        assert cli.main(argv, mask_fn=brightness_masks) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "processed 2, skipped 0, failed 0, no masks 1" in lines
     assert "images without masks (the training loader skips them): \\xff.png" in lines
@@ -324,14 +320,14 @@ def test_non_utf8_names_and_images_without_masks_are_reported(tmp_path, capsys, 
     assert record["image"]["image_id"] == int(hashlib.sha1(b"\xff.png").hexdigest()[:13], 16)
     assert len(read_sa1b_json(out / "ok.json")["annotations"]) == 1
     # A resumed run still reports the image without masks.
-    assert tool.main(argv, mask_fn=brightness_masks) == 0
+    assert cli.main(argv, mask_fn=brightness_masks) == 0
     assert "processed 0, skipped 2, failed 0, no masks 1" in capsys.readouterr().out
 
 
 def test_every_image_failing_is_an_error_exit(tmp_path, capsys):
     (tmp_path / "x.jpg").write_bytes(b"garbage")
     argv = ["--input", str(tmp_path), "--source", "dino", "--dino-weights", str(tmp_path / "x.jpg")]
-    assert tool.main([*argv, "--no-progress"]) == 1
+    assert cli.main([*argv, "--no-progress"]) == 1
     assert "processed 0, skipped 0, failed 1" in capsys.readouterr().out
 
 
@@ -345,22 +341,24 @@ def test_every_image_failing_is_an_error_exit(tmp_path, capsys):
 )
 def test_usage_errors(image_folder, capsys, extra, message):
     with pytest.raises(SystemExit) as exc:
-        tool.main(["--input", str(image_folder), *extra])
+        cli.main(["--input", str(image_folder), *extra])
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_clashing_outputs_and_empty_folder_are_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        tool.main(["--input", str(tmp_path), "--source", "dino"])
+        cli.main(["--input", str(tmp_path), "--source", "dino"])
     assert "no jpg/jpeg/png/webp images" in capsys.readouterr().err
     for name in ("a.jpg", "a.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / name)
     with pytest.raises(SystemExit):
-        tool.main(["--input", str(tmp_path), "--source", "dino"])
+        cli.main(["--input", str(tmp_path), "--source", "dino"])
     assert "would both write" in capsys.readouterr().err
 
 
 def test_help_lists_every_option(capsys):
+    """The script in tools/ (a thin wrapper of pixelclip.masks.cli.main)."""
+    tool = load_script("tools/generate_masks.py", "generate_masks_tool")
     with pytest.raises(SystemExit) as exc:
         tool.main(["--help"])
     text = capsys.readouterr().out

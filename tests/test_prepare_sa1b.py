@@ -1,28 +1,29 @@
-"""tools/prepare_sa1b.py: downscaled images and masks, resumability, verification, bad input."""
+"""tools/prepare_sa1b.py (pixelclip.data.prepare_sa1b): downscaled images and masks, resumability,
+verification, bad input."""
 
-import importlib.util
 import json
 import os
-import sys
-from pathlib import Path
 
 import data_factory
 import numpy as np
 import pytest
+from conftest import load_script
 from PIL import Image
 from pycocotools import mask as mask_utils
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "prepare_sa1b.py"
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("prepare_sa1b", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # worker processes pickle its functions by module name
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    from pixelclip.data import prepare_sa1b
+
+    return prepare_sa1b
+
+
+def test_the_script_is_the_package_command(capsys):
+    script = load_script("tools/prepare_sa1b.py", "prepare_sa1b_tool")
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--help"])
+    assert exc.value.code == 0 and "--verify-existing" in capsys.readouterr().out
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Contrastive pretraining of the small ToyWorld CLIP (tools/pretrain_toy_clip.py)."""
+"""Contrastive pretraining of the small ToyWorld CLIP (pixelclip.toyworld.pretrain, run by
+tools/pretrain_toy_clip.py)."""
 
 import copy
 import json
@@ -11,15 +12,8 @@ import torch.nn.functional as F
 from conftest import REPO, assert_close_to_float64, load_script, make_tiny_clip
 from safetensors.torch import load_file
 
-from pixelclip.data.toyworld import TOYWORLD_CLASSES, generate_toyworld
 from pixelclip.modeling.clip import create_clip
-
-
-def _load_tool():
-    return load_script("tools/pretrain_toy_clip.py", "pretrain_toy_clip")
-
-
-tool = _load_tool()
+from pixelclip.toyworld import TOYWORLD_CLASSES, generate_toyworld, pretrain
 
 
 def test_toy_clip_config_fits_budget_and_captions():
@@ -56,7 +50,7 @@ def test_contrastive_loss_matches_a_naive_computation():
         return torch.tensor(total / 6, dtype=torch.float64)
 
     with torch.no_grad():
-        loss = tool.contrastive_loss(model, images, tokens)
+        loss = pretrain.contrastive_loss(model, images, tokens)
     expected64 = naive(copy.deepcopy(model).double(), images.double())
     assert_close_to_float64(loss, expected64, naive(model, images))
 
@@ -70,10 +64,11 @@ def test_a_few_steps_lower_the_loss():
     def loss_now():
         model.eval()
         with torch.no_grad():
-            return tool.contrastive_loss(model, tool.to_clip_input(images, 64), tokens).item()
+            x = pretrain.to_clip_input(images, 64)
+            return pretrain.contrastive_loss(model, x, tokens).item()
 
     before = loss_now()
-    log = tool.pretrain(
+    log = pretrain.pretrain(
         model, images, tokens, steps=3, batch_size=8, lr=5e-3, weight_decay=0.1, warmup=1, seed=0
     )
     assert [e["step"] for e in log] == [0, 1, 2]
@@ -83,7 +78,7 @@ def test_a_few_steps_lower_the_loss():
 def test_miou_by_hand():
     gt = torch.tensor([[0, 0, 6, 255]], dtype=torch.uint8)
     pred = torch.tensor([[0, 6, 6, 3]])
-    out = tool.miou(pred, gt, len(TOYWORLD_CLASSES))
+    out = pretrain.miou(pred, gt, len(TOYWORLD_CLASSES))
     # class 0: tp 1, gt 2, pred 1 -> 1/2; class 6: tp 1, gt 1, pred 2 -> 1/2; others: no gt.
     assert out["per_class_iou"]["sky"] == 50.0 and out["per_class_iou"]["ball"] == 50.0
     assert out["miou"] == 50.0 and out["stuff_miou"] == 50.0 and out["thing_miou"] == 50.0
@@ -93,7 +88,7 @@ def test_miou_by_hand():
 @pytest.mark.slow
 def test_end_to_end_writes_loadable_weights_and_log(tmp_path):
     root, out = tmp_path / "world", tmp_path / "out"
-    result = tool.main(
+    result = pretrain.main(
         [
             "--root",
             str(root),
@@ -131,8 +126,8 @@ def test_end_to_end_writes_loadable_weights_and_log(tmp_path):
     model = create_clip("tiny-vit", pretrained=str(out / "tiny-vit.safetensors"))
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
-    # Same seed, same command: the same weights.
-    tool.main(
+    # Same seed, same command (through the script in tools/): the same weights.
+    load_script("tools/pretrain_toy_clip.py", "pretrain_toy_clip_tool").main(
         [
             "--root",
             str(root),

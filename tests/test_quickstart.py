@@ -1,4 +1,5 @@
-"""Integration test of tools/quickstart.py (`make demo`): a shortened run must beat the baseline.
+"""Integration test of the quickstart (`make demo`, tools/quickstart.py, pixelclip.toyworld): a
+shortened run must beat the baseline.
 
 Slow (about two minutes on 2 CPU cores): world of 160 train / 40 dev / 40 test images, 100
 training iterations, one seed, one torch thread; the world and the training are seeded, so the run
@@ -11,6 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,9 @@ MIN_DEV_GAIN = 2.5
 
 
 def _load_quickstart():
-    return load_script("tools/quickstart.py", "quickstart")
+    from pixelclip.toyworld import quickstart
+
+    return quickstart
 
 
 def _miou_from_predictions(preds: list[np.ndarray], labels: list[np.ndarray], n: int) -> float:
@@ -51,14 +58,22 @@ def test_quickstart_rejects_odd_overrides():
     assert args.ablations == ["k8"] and args.opts == ["SOLVER.MAX_ITER", "5"]
 
 
+def test_the_tool_is_the_package_pipeline(capsys):
+    tool = load_script("tools/quickstart.py", "quickstart_tool")
+    with pytest.raises(SystemExit) as exc:
+        tool.main(["--help"])
+    assert exc.value.code == 0 and "--world-dir" in capsys.readouterr().out
+
+
 def test_summary_mean_std_matches_hand_values():
-    qs = _load_quickstart()
+    from pixelclip.toyworld import report
+
     res = [{s: {"mIoU": v, "stuff": v, "things": v} for s in ("dev", "test")} for v in (10, 14)]
-    table = qs.summarise(None, {"P": res}, [0, 1])
+    table = report.summarise(None, {"P": res}, [0, 1])
     mean_row = table["rows"][-1]
     assert mean_row["test/mIoU"] == pytest.approx(12.0)
     assert mean_row["test/mIoU_std"] == pytest.approx(math.sqrt(8.0))  # sample std of 10, 14
-    assert "12.0 ± 2.8" in qs.to_markdown(table, [])
+    assert "12.0 ± 2.8" in report.to_markdown(table, [])
 
 
 def test_every_ablation_is_a_valid_config():
@@ -69,7 +84,7 @@ def test_every_ablation_is_a_valid_config():
         qs.parse_args(["--ablations", "no-such-thing"])
     from detectron2.modeling import build_model
 
-    from pixelclip.data.toyworld import TOYWORLD_CLASSES
+    from pixelclip.toyworld import TOYWORLD_CLASSES
 
     for name, (label, extra) in qs.ablations().items():
         cfg = qs.build_cfg(str(qs.DEFAULT_CONFIG), extra, "/tmp/unused")
@@ -112,14 +127,15 @@ def test_quickstart_quick_run_beats_baseline(tmp_path, monkeypatch):
     # The reported dev mIoU agrees with an independent count from the dev predictions.
     from detectron2.data import DatasetCatalog
 
-    from pixelclip.data.toyworld import TOYWORLD_CLASSES
+    from pixelclip.toyworld import TOYWORLD_CLASSES
+    from pixelclip.toyworld.report import predict
 
     dicts = DatasetCatalog.get("toyworld_dev_sem_seg")
     model = qs.load_model(
         qs.build_cfg(str(qs.DEFAULT_CONFIG), ["SOLVER.MAX_ITER", "100"], str(out))
     )
     model.vocabulary_for("toyworld_dev_sem_seg")
-    preds = qs.predict(model, dicts)
+    preds = predict(model, dicts)
     labels = [np.asarray(Image.open(d["sem_seg_file_name"])) for d in dicts]
     expected = _miou_from_predictions(preds, labels, len(TOYWORLD_CLASSES))
     assert baseline["dev/mIoU"] == pytest.approx(expected, abs=0.05)
@@ -141,3 +157,20 @@ def test_quickstart_quick_run_beats_baseline(tmp_path, monkeypatch):
         str(out / "seed0"),
         0,
     )
+
+    # The trained run evaluates again with the documented command, in a fresh process, once the
+    # world sits where the datasets registered at import look for it ($DETECTRON2_DATASETS/
+    # toyworld, the quickstart's default world folder): same dev mIoU as in the table.
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    (datasets / "toyworld").symlink_to(out / "world")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), HF_HUB_OFFLINE="1")
+    argv = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
+            str(qs.DEFAULT_CONFIG.relative_to(REPO)), "--eval-only",
+            "MODEL.WEIGHTS", str(out / "seed0" / "model_final.pth"),
+            "OUTPUT_DIR", str(tmp_path / "eval")]  # fmt: skip
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = re.search(r"copypaste: ([\d.]+),", proc.stdout + proc.stderr)
+    assert found, (proc.stdout + proc.stderr)[-3000:]
+    assert float(found[1]) == pytest.approx(trained["dev/mIoU"], abs=0.05)

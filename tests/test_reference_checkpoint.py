@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_script
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from test_meta_arch import tiny_cfg
@@ -25,6 +24,7 @@ from pixelclip.checkpoint import (
     is_reference_state_dict,
     read_checkpoint,
 )
+from pixelclip.checkpoint.cli import convert_reference_main
 from pixelclip.config import add_pixelclip_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,10 +35,6 @@ TEXT_LEFTOVERS = (
     "ln_final.weight",
     "ln_final.bias",
 )
-
-
-def _tool():
-    return load_script("tools/convert_reference_checkpoint.py", "convert_reference_checkpoint")
 
 
 def to_reference_layout(sd: dict, with_teacher: bool = True) -> dict:
@@ -223,10 +219,9 @@ def test_converter_tool_round_trip(vit_models, tmp_path):
     model, source, other = vit_models
     inp, out, out_st = tmp_path / "ref.pth", tmp_path / "ours.pth", tmp_path / "ours.safetensors"
     torch.save({"model": to_reference_layout(source), "iteration": 7}, inp)
-    tool = _tool()
-    assert tool.main([str(inp), str(out)]) == 0
-    assert tool.main([str(inp), str(out_st)]) == 0
-    assert tool.main([str(inp), str(out)]) == 1  # no silent overwrite
+    assert convert_reference_main([str(inp), str(out)]) == 0
+    assert convert_reference_main([str(inp), str(out_st)]) == 0
+    assert convert_reference_main([str(inp), str(out)]) == 1  # no silent overwrite
     saved = torch.load(out, weights_only=True)
     assert saved["iteration"] == 7 and not is_reference_state_dict(saved["model"])
     for path in (out, out_st):
@@ -242,16 +237,16 @@ def test_converter_tool_checks_against_config_and_strict(tmp_path, capsys):
     ref = to_reference_layout(source.state_dict())
     inp = tmp_path / "ref.pth"
     torch.save(ref, inp)  # a bare state dict is accepted too
-    tool = _tool()
-    assert tool.main([str(inp), str(tmp_path / "a.pth"), "--config-file", str(cfg_file)]) == 0
+    config = ["--config-file", str(cfg_file)]
+    assert convert_reference_main([str(inp), str(tmp_path / "a.pth"), *config]) == 0
     ref["sem_seg_head.predictor.unknown"] = torch.zeros(1)
     torch.save(ref, inp)
-    assert tool.main([str(inp), str(tmp_path / "b.pth"), "--strict"]) == 1
+    assert convert_reference_main([str(inp), str(tmp_path / "b.pth"), "--strict"]) == 1
     assert "sem_seg_head.predictor.unknown" in capsys.readouterr().out
     assert not (tmp_path / "b.pth").exists()
     del ref["head.proj.bias"]
     torch.save(ref, inp)
-    assert tool.main([str(inp), str(tmp_path / "c.pth"), "--config-file", str(cfg_file)]) == 1
+    assert convert_reference_main([str(inp), str(tmp_path / "c.pth"), *config]) == 1
     assert "sem_seg_head.decoder.proj.bias" in capsys.readouterr().err
     assert not (tmp_path / "c.pth").exists()
 
@@ -311,7 +306,7 @@ def test_unreadable_files_give_clear_errors(tmp_path):
         read_checkpoint(path)
     with pytest.raises(ValueError, match="truncated or corrupt"):
         PixelCLIPCheckpointer(source).load(str(path))
-    assert _tool().main([str(path), str(tmp_path / "out.pth")]) == 1
+    assert convert_reference_main([str(path), str(tmp_path / "out.pth")]) == 1
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         read_checkpoint(tmp_path / "nope.pth")
     bad = tmp_path / "list.pth"
@@ -352,7 +347,7 @@ def test_malicious_pickle_is_refused(tmp_path, suffix):
         PixelCLIPCheckpointer(model).load(str(path))
     with pytest.raises(ValueError, match="refused"):
         read_checkpoint(path)
-    assert _tool().main([str(path), str(tmp_path / "out.pth")]) == 1
+    assert convert_reference_main([str(path), str(tmp_path / "out.pth")]) == 1
     assert not marker.exists()
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
 from data_factory import write_sa1b_folder
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
@@ -24,6 +23,7 @@ from test_meta_arch import tiny_cfg
 from pixelclip.checkpoint import PixelCLIPCheckpointer
 from pixelclip.data.sa1b_format import read_sa1b_json
 from pixelclip.engine.resume import ResumableTrainingSampler
+from pixelclip.masks.cli import main as generate_masks_main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "quick_schedules" / "pixelclip_tiny_vit_cpu.yaml"
@@ -324,10 +324,6 @@ def test_empty_vocabulary_file_fails_at_build(tmp_path, content):
 
 
 # -------------------------------------------------- 5. interrupted mask generation
-def _mask_tool():
-    return load_script("tools/generate_masks.py", "generate_masks")
-
-
 def _photos(root: Path) -> Path:
     root.mkdir()
     rng = np.random.default_rng(0)
@@ -346,7 +342,6 @@ def _halves(image: np.ndarray) -> list[dict]:
 
 
 def test_mask_generation_interrupted_then_resumed(tmp_path, capsys):
-    tool = _mask_tool()
     photos, out = _photos(tmp_path / "photos"), tmp_path / "masks"
     argv = ["--input", str(photos), "--output", str(out), "--source", "dino", "--no-progress"]
     calls = []
@@ -358,7 +353,7 @@ def test_mask_generation_interrupted_then_resumed(tmp_path, capsys):
         return _halves(image)
 
     with pytest.raises(KeyboardInterrupt):
-        tool.main(argv, mask_fn=interrupted)
+        generate_masks_main(argv, mask_fn=interrupted)
     done = sorted(p.name for p in out.glob("*.json"))
     assert done == ["a.json", "b.json"]
     assert all(len(read_sa1b_json(out / n)["annotations"]) == 2 for n in done)
@@ -376,7 +371,7 @@ def test_mask_generation_interrupted_then_resumed(tmp_path, capsys):
                 os.kill(os.getpid(), signal.SIGKILL)
 
             json_module.dump = half_dump
-            tool.main(argv, mask_fn=_halves)
+            generate_masks_main(argv, mask_fn=_halves)
         finally:
             os._exit(3)
     _, status = os.waitpid(pid, 0)
@@ -385,7 +380,7 @@ def test_mask_generation_interrupted_then_resumed(tmp_path, capsys):
     capsys.readouterr()
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
-    assert tool.main(argv, mask_fn=_halves) == 0
+    assert generate_masks_main(argv, mask_fn=_halves) == 0
     summary = capsys.readouterr().out
     assert "processed 2, skipped 2, failed 1" in summary  # e.jpg is reported and skipped
     assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json", "c.json", "d.json"]

@@ -7,7 +7,6 @@ from pathlib import Path
 import data_factory
 import numpy as np
 import pytest
-from conftest import load_script
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -21,6 +20,8 @@ from pixelclip.data.sa1b import (
     register_sa1b,
     register_sa1b_from_config,
 )
+from pixelclip.masks.cli import main as generate_masks_main
+from pixelclip.masks.writer import find_images, output_paths
 
 
 @pytest.fixture
@@ -246,12 +247,7 @@ def test_missing_annotation_root_names_the_key_when_loaded(tmp_path, catalog):
         sa1b.load_sa1b_dicts(images, annotation_root=tmp_path / "a_file")
 
 
-def _load_generate_masks_tool():
-    return load_script("tools/generate_masks.py", "generate_masks")
-
-
 def test_generate_masks_output_tree_is_what_the_loader_reads(tmp_path, capsys, catalog):
-    tool = _load_generate_masks_tool()
     images, masks = tmp_path / "my_images", tmp_path / "my_masks"
     data_factory.write_sample(images, "a", 12, 20, num_masks=1, seed=1)
     data_factory.write_sample(images / "shard", "b.v2", 12, 20, num_masks=1, seed=2)
@@ -260,8 +256,8 @@ def test_generate_masks_output_tree_is_what_the_loader_reads(tmp_path, capsys, c
     for json_file in images.rglob("*.json"):
         json_file.unlink()  # only the tool's output counts
 
-    found = tool.find_images(images)
-    expected = {str(i): str(o) for i, o in zip(found, tool.output_paths(found, images, masks))}
+    found = find_images(images)
+    expected = {str(i): str(o) for i, o in zip(found, output_paths(found, images, masks))}
     assert len(expected) == 3 and all(o.startswith(str(masks)) for o in expected.values())
 
     def left_half(image):
@@ -270,7 +266,7 @@ def test_generate_masks_output_tree_is_what_the_loader_reads(tmp_path, capsys, c
         return [{"segmentation": mask}]
 
     argv = ["--input", str(images), "--output", str(masks), "--source", "dino", "--no-progress"]
-    assert tool.main(argv, mask_fn=left_half) == 0
+    assert generate_masks_main(argv, mask_fn=left_half) == 0
     assert "processed 3, skipped 0, failed 0" in capsys.readouterr().out
     assert sorted(str(p) for p in masks.rglob("*.json")) == sorted(expected.values())
 

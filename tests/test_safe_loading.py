@@ -33,10 +33,10 @@ from pixelclip.checkpoint import (
     write_atomically,
 )
 from pixelclip.config import add_pixelclip_config
-from pixelclip.data.dino_masks import load_dino_state_dict
-from pixelclip.data.sam_weights import load_sam, sam_model_type
 from pixelclip.engine.trainer import check_output_dir
 from pixelclip.inference.predictor import Predictor, build_config
+from pixelclip.masks.dino import load_dino_state_dict
+from pixelclip.masks.sam import load_sam, sam_model_type
 from pixelclip.modeling.clip import create_clip
 
 
@@ -142,7 +142,8 @@ def test_generate_masks_refuses_a_crafted_sam_checkpoint(tmp_path, marker, capsy
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "photos" / "a.png")
     evil = _evil_pickle(tmp_path / "sam.pth", marker)
-    tool = load_script("tools/generate_masks.py", "safe_generate_masks")
+    from pixelclip.masks import cli as tool
+
     argv = ["--input", str(tmp_path / "photos"), "--output", str(tmp_path / "masks"),
             "--source", "sam", "--sam-checkpoint", evil, "--no-progress"]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
@@ -188,7 +189,8 @@ def test_crafted_yaml_through_every_config_entry_point(tmp_path, marker, capsys)
     args = argparse.Namespace(config_file=child, opts=[], eval_only=True, resume=False)
     with pytest.raises(ValueError, match=r"evil\.yaml.*refused"):
         setup(args)
-    evaluate_all = load_script("tools/evaluate_all.py", "safe_evaluate_all")
+    from pixelclip.evaluation import evaluate_all
+
     with pytest.raises(ValueError, match=r"evil\.yaml.*refused"):
         evaluate_all.setup_cfg(
             argparse.Namespace(config_file=evil, opts=[], protocol=None, weights="", output="o")

@@ -17,8 +17,8 @@ from detectron2.config import get_cfg
 from detectron2.engine import HookBase
 
 from pixelclip.config import add_pixelclip_config
-from pixelclip.data.toyworld import register_toyworld, write_toyworld
 from pixelclip.engine import Trainer
+from pixelclip.toyworld import register_toyworld, write_toyworld
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "quick_schedules" / "pixelclip_tiny_vit_cpu.yaml"

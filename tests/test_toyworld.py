@@ -1,15 +1,21 @@
-"""ToyWorld generator, on-disk writer and detectron2 registration (pixelclip/data/toyworld.py)."""
+"""ToyWorld generator, on-disk writer and detectron2 registration (pixelclip/toyworld/)."""
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pixelclip.data.toyworld import (
+from pixelclip.toyworld import (
     TOYWORLD_CLASSES,
+    TOYWORLD_DATASETS,
     TOYWORLD_STUFF,
     TOYWORLD_THINGS,
     generate_toyworld,
@@ -241,9 +247,67 @@ def test_registration_is_lazy_and_complete(world, tmp_path):
     }
 
 
-def test_missing_label_is_reported(world, tmp_path):
-    import shutil
+# Run in a fresh interpreter: DETECTRON2_DATASETS points at a folder that does not exist, and an
+# audit hook records every file opened or listed below it while pixelclip is imported.
+_IMPORT_PROBE = textwrap.dedent(
+    """
+    import json, os, sys
 
+    root = os.environ["DETECTRON2_DATASETS"]
+    touched = []
+
+    def hook(event, args):
+        if event in ("open", "os.listdir", "os.scandir") and args and args[0] is not None:
+            path = os.fsdecode(args[0]) if isinstance(args[0], (str, bytes)) else ""
+            if path.startswith(root):
+                touched.append([event, path])
+
+    sys.addaudithook(hook)
+    import pixelclip  # noqa: F401
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    names = [n for n in DatasetCatalog.list() if n.startswith("toyworld_")]
+    meta = MetadataCatalog.get("toyworld_dev_sem_seg")
+    print(json.dumps({"touched": touched, "names": sorted(names),
+                      "image_root": meta.image_root, "sem_seg_root": meta.sem_seg_root,
+                      "exists": os.path.exists(root)}))
+    """
+)
+
+
+def test_default_registration_at_import_touches_no_file(tmp_path):
+    root = tmp_path / "not_yet"
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["touched"] == [] and not out["exists"]
+    assert out["names"] == sorted(TOYWORLD_DATASETS)
+    assert out["image_root"] == str(root / "toyworld" / "dev" / "images")
+    assert out["sem_seg_root"] == str(root / "toyworld" / "dev" / "labels")
+
+
+def test_default_registration_loads_the_world_under_the_dataset_root(world, tmp_path, monkeypatch):
+    """The root is read when the dataset is loaded: a world written after registration (at
+    ``$DETECTRON2_DATASETS/toyworld``, where the quickstart writes it) is found."""
+    from detectron2.data import DatasetCatalog
+
+    register_toyworld()  # the registration made at import (other tests may have replaced it)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "toyworld"))):
+        DatasetCatalog.get("toyworld_test_sem_seg")
+    root, _ = world
+    shutil.copytree(root, tmp_path / "toyworld")
+    dev = DatasetCatalog.get("toyworld_dev_sem_seg")
+    assert len(dev) == 3 and len(DatasetCatalog.get("toyworld_test_sem_seg")) == 2
+    assert dev[0]["file_name"] == str(tmp_path / "toyworld/dev/images/000000.png")
+    assert dev[0]["sem_seg_file_name"] == str(tmp_path / "toyworld/dev/labels/000000.png")
+    assert len(DatasetCatalog.get("toyworld_train")) == 4
+
+
+def test_missing_label_is_reported(world, tmp_path):
     root, _ = world
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)

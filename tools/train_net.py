@@ -11,30 +11,15 @@ CPU processes that train with gloo. Training into an OUTPUT_DIR that already hol
 needs --resume (continue) or --overwrite (start again).
 """
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import launch
 
-from pixelclip.engine import Trainer, build_eval_model, setup
+from pixelclip.engine import build_parser as _build_parser
+from pixelclip.engine import train_net as main
 
 
 def build_parser():
     """detectron2's argument parser plus ``--overwrite``."""
-    parser = default_argument_parser(epilog=__doc__)
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="train from scratch even if OUTPUT_DIR holds checkpoints of an earlier run "
-        "(without it, such a folder needs --resume)",
-    )
-    return parser
-
-
-def main(args):
-    cfg = setup(args)
-    if args.eval_only:
-        return Trainer.test(cfg, build_eval_model(cfg, resume=args.resume))
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    return _build_parser(epilog=__doc__)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,26 @@
-#!/usr/bin/env python
-"""Export PixelCLIP's fine-tuned CLIP as an open_clip checkpoint, for use in other frameworks.
+"""The command-line front ends of ``tools/export_clip.py`` and
+``tools/convert_reference_checkpoint.py``: argument parsing, messages and exit codes around
+:mod:`.open_clip_export` and :mod:`.reference` (every file is read by :mod:`.safe_io`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .open_clip_export import open_clip_verifier, resolve_logit_scale, to_open_clip_state_dict
+from .reference import (
+    check_state_dict_matches,
+    convert_reference_state_dict,
+    is_reference_state_dict,
+)
+from .safe_io import atomic_save, merge_config_file, read_checkpoint
+
+__all__ = ["convert_reference_main", "export_clip_main", "model_state_dict"]
+
+EXPORT_CLIP_HELP = """\
+Export PixelCLIP's fine-tuned CLIP as an open_clip checkpoint, for use in other frameworks.
 
 PixelCLIP fine-tunes CLIP's image encoder; its text encoder stays frozen. This tool writes a full
 open_clip CLIP state dict (open_clip's key names): the fine-tuned student image tower (or, with
@@ -33,34 +54,49 @@ Example::
         --model-name ViT-B-16 --force-quick-gelu --base-weights weights/ViT-B-16.pt
 """
 
-from __future__ import annotations
+CONVERT_REFERENCE_HELP = """\
+Convert a checkpoint of the reference PixelCLIP code to this project's format.
 
-import argparse
-import logging
-import sys
-from collections.abc import Sequence
-from pathlib import Path
+The authors publish trained weights (Hugging Face ``hsshin98/PixelCLIP``:
+``pixelclip_vit_base.pth``, ``pixelclip_vit_base_dino.pth``, ``pixelclip_convnext_base.pth``,
+``pixelclip_convnext_base_dino.pth``) in the layout of their own model. This tool maps the
+student image tower, the text tower, the learnable prompts, the decoder and the momentum teacher
+to our names, drops CLIP's unused logit scale and the teacher's text-side leftovers, and prints
+every key it drops or cannot map. Without a teacher in the input, the teacher is a copy of the
+student. The reference's optimizer and scheduler state is not carried over (it follows the
+reference's parameter order); ``iteration`` is kept.
 
-# Allow `python tools/export_clip.py` from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+The input is read without unpickling arbitrary objects (``torch.load(weights_only=True)`` or
+safetensors); the output is written atomically: ``{"model": state_dict}`` with ``torch.save``,
+or a bare state dict if OUT ends in ``.safetensors``.
 
-from pixelclip.checkpoint import (  # noqa: E402
-    DEFAULT_LOGIT_SCALE,
-    REF_CLIP,
-    atomic_save,
-    convert_reference_state_dict,
-    is_reference_state_dict,
-    read_checkpoint,
-    to_open_clip_state_dict,
-)
+Converting is optional: ``MODEL.WEIGHTS`` accepts the reference file directly (it is converted on
+load). With ``--config-file`` the result is also checked key by key against the model that config
+builds (pre-trained CLIP weights are not loaded for that; nothing downloads).
 
-logger = logging.getLogger("export_clip")
+Exit code: 0 on success; 1 if the input cannot be read, is incomplete, does not match the
+config, or (with ``--strict``) has unmapped keys.
+
+Example::
+
+    python tools/convert_reference_checkpoint.py weights/pixelclip_vit_base.pth \\
+        weights/pixelclip_vit_base_ours.pth --config-file configs/reference/pixelclip_vit_base.yaml
+"""
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def _refuses_to_replace(out: Path, overwrite: bool) -> bool:
+    """Whether ``out`` exists and may not be replaced (the message is printed)."""
+    if out.exists() and not overwrite:
+        print(f"error: {out} exists (use --overwrite to replace it)", file=sys.stderr)
+        return True
+    return False
+
+
+# ------------------------------------------------------------------------------ export_clip
+def parse_export_clip_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
+        description=EXPORT_CLIP_HELP.split("\n\n")[0],
+        epilog=EXPORT_CLIP_HELP.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -111,51 +147,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resolve_logit_scale(args: argparse.Namespace, raw: dict) -> float:
-    """The logit scale to store, by the precedence in the module docstring."""
-    if args.logit_scale is not None:
-        return args.logit_scale
-    if args.base_weights:
-        from pixelclip.modeling.clip import load_state_dict_file
-
-        base = load_state_dict_file(args.base_weights)
-        if "logit_scale" not in base:
-            raise ValueError(f"{args.base_weights}: no 'logit_scale' in these CLIP weights")
-        return float(base["logit_scale"])
-    if REF_CLIP + "logit_scale" in raw:
-        return float(raw[REF_CLIP + "logit_scale"])
-    logger.warning(
-        "logit_scale is not stored by PixelCLIP: using ln(100) = %.4f (OpenAI CLIP's value); "
-        "pass --base-weights or --logit-scale to set it",
-        DEFAULT_LOGIT_SCALE,
-    )
-    return DEFAULT_LOGIT_SCALE
-
-
-def open_clip_verifier(model_name: str, model_config: str, force_quick_gelu: bool):
-    """A function that loads a written file into a fresh open_clip model the way
-    ``open_clip.create_model(model_name, pretrained=file)`` does (strict)."""
-    import open_clip
-
-    from pixelclip.modeling.clip import create_clip
-
-    model = create_clip(model_name, model_config=model_config, force_quick_gelu=force_quick_gelu)
-
-    def verify(path: str) -> None:
-        try:
-            open_clip.load_checkpoint(model, path, strict=True)
-        except RuntimeError as e:  # load_state_dict's missing/unexpected/size-mismatch report
-            raise ValueError(f"open_clip cannot load the export into {model_name!r}: {e}") from e
-
-    return verify
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def export_clip_main(argv: Sequence[str] | None = None) -> int:
+    """``tools/export_clip.py``; returns the exit code (1: refused, unreadable or unloadable)."""
+    args = parse_export_clip_args(argv)
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        print(f"error: {out} exists (use --overwrite to replace it)", file=sys.stderr)
+    if _refuses_to_replace(out, args.overwrite):
         return 1
     try:
         raw = read_checkpoint(args.checkpoint)["model"]
@@ -164,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sd, report = convert_reference_state_dict(raw, source=args.checkpoint)
             report.log(args.checkpoint)
         exported = to_open_clip_state_dict(
-            sd, teacher=args.teacher, logit_scale=resolve_logit_scale(args, raw)
+            sd,
+            teacher=args.teacher,
+            logit_scale=resolve_logit_scale(raw, args.logit_scale, args.base_weights),
         )
         verify = None
         if args.model_name:
@@ -181,5 +179,79 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# ----------------------------------------------------------------- convert_reference_checkpoint
+def parse_convert_reference_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=CONVERT_REFERENCE_HELP.split("\n\n")[0],
+        epilog=CONVERT_REFERENCE_HELP.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", metavar="IN", help="reference checkpoint (.pth or .safetensors)")
+    parser.add_argument(
+        "output",
+        metavar="OUT",
+        help="where to write the converted checkpoint (.pth: {'model': sd}; .safetensors: sd)",
+    )
+    parser.add_argument(
+        "--config-file",
+        default="",
+        metavar="FILE",
+        help="a PixelCLIP config (e.g. configs/reference/pixelclip_vit_base.yaml): check the "
+        "converted keys and shapes against the model it builds",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="fail if any input key could not be mapped"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
+    return parser.parse_args(argv)
+
+
+def model_state_dict(config_file: str) -> dict:
+    """State dict of the model a config builds, with random CLIP weights (nothing downloads)."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from ..config import add_pixelclip_config
+
+    cfg = get_cfg()
+    add_pixelclip_config(cfg)
+    merge_config_file(cfg, config_file)
+    cfg.MODEL.CLIP.PRETRAINED = ""
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.INPUT.MASK_SOURCE = "sa1b"  # the DINO mask model is not part of the checkpoint
+    return build_model(cfg).state_dict()
+
+
+def convert_reference_main(argv: Sequence[str] | None = None) -> int:
+    """``tools/convert_reference_checkpoint.py``; returns the exit code (see its help)."""
+    args = parse_convert_reference_args(argv)
+    out = Path(args.output)
+    if _refuses_to_replace(out, args.overwrite):
+        return 1
+    try:
+        data = read_checkpoint(args.input)
+        if not is_reference_state_dict(data["model"]):
+            raise ValueError(
+                f"{args.input}: not in the reference PixelCLIP layout (no key starts with "
+                "'sem_seg_head.predictor.' or 'teacher_encoder.'); if it is already in this "
+                "project's format, use it as MODEL.WEIGHTS directly"
+            )
+        ours, report = convert_reference_state_dict(data["model"], source=args.input)
+        if args.config_file:
+            check_state_dict_matches(ours, model_state_dict(args.config_file), args.input)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.input}: {report.summary()}")
+    for key in report.unmapped:
+        print(f"unmapped: {key}")
+    if report.unmapped and args.strict:
+        print(f"error: {len(report.unmapped)} unmapped keys (--strict)", file=sys.stderr)
+        return 1
+    if out.suffix == ".safetensors":
+        atomic_save(out, ours)
+    else:
+        extra = {"iteration": data["iteration"]} if isinstance(data.get("iteration"), int) else {}
+        atomic_save(out, {"model": ours, **extra})
+    print(f"wrote {out} ({len(ours)} tensors)")
+    return 0

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Pre-downscale SA-1B images and masks by a factor (the reference trains on half-size data).
 
 Reads an SA-1B tree (``sa_000000/sa_1.jpg`` + ``sa_1.json`` ...) and writes the same tree with
@@ -29,7 +28,6 @@ import argparse
 import io
 import json
 import os
-import sys
 from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
@@ -42,8 +40,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from pixelclip.data.masks import pil_nearest_indices, rle_counts, sample_rle_masks
-from pixelclip.data.sa1b import list_sa1b_images
+from .masks import pil_nearest_indices, rle_counts, sample_rle_masks
+from .sa1b import list_sa1b_images
 
 FAILED_LIST = "prepare_sa1b_failed.txt"
 MASK_CHUNK = 16  # masks re-encoded per chunk, bounds the memory of large images
@@ -222,7 +220,3 @@ class _Serial:
     @staticmethod
     def imap_unordered(func, items, chunksize: int = 1):
         return map(func, items)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

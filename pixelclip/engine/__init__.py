@@ -1,3 +1,3 @@
-from .trainer import Trainer, build_eval_model, setup
+from .trainer import Trainer, build_eval_model, build_parser, setup, train_net
 
-__all__ = ["Trainer", "build_eval_model", "setup"]
+__all__ = ["Trainer", "build_eval_model", "build_parser", "setup", "train_net"]

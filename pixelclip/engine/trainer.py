@@ -8,6 +8,7 @@ passes ``device_ids`` to DDP, which CPU processes refuse).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import weakref
@@ -22,6 +23,7 @@ from detectron2.engine import (
     SimpleTrainer,
     TrainerBase,
     create_ddp_model,
+    default_argument_parser,
     default_setup,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
@@ -180,3 +182,26 @@ def setup(args) -> CfgNode:
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pixelclip")
     register_sa1b_from_config(cfg)
     return cfg
+
+
+def build_parser(epilog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``tools/train_net.py``: detectron2's argument parser plus ``--overwrite``."""
+    parser = default_argument_parser(epilog=epilog)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train from scratch even if OUTPUT_DIR holds checkpoints of an earlier run "
+        "(without it, such a folder needs --resume)",
+    )
+    return parser
+
+
+def train_net(args: argparse.Namespace):
+    """Train (or with ``--eval-only`` evaluate) in this process, as ``tools/train_net.py`` does
+    in each process it launches; returns the evaluation results."""
+    cfg = setup(args)
+    if args.eval_only:
+        return Trainer.test(cfg, build_eval_model(cfg, resume=args.resume))
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Evaluate a PixelCLIP checkpoint, or plain CLIP as the baseline, on several benchmarks and write
 the paper-style table (results.md) and the full record (results.json) into --output.
 
@@ -41,19 +40,14 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from pixelclip import add_pixelclip_config
-from pixelclip.checkpoint import load_weights, merge_config_file
-from pixelclip.config_checks import validate_config
-from pixelclip.engine import Trainer
-from pixelclip.evaluation import tables
-from pixelclip.evaluation.evaluate import (
-    SLIDE_TEST_SIZE,
-    SLIDE_TEST_SIZE_BY_DATASET,
-    evaluate,
-    find_missing_datasets,
-)
+from ..checkpoint import load_weights, merge_config_file
+from ..config import add_pixelclip_config
+from ..config_checks import validate_config
+from ..engine import Trainer
+from . import tables
+from .evaluate import SLIDE_TEST_SIZE, SLIDE_TEST_SIZE_BY_DATASET, evaluate, find_missing_datasets
 
-logger = logging.getLogger("pixelclip.evaluate_all")
+logger = logging.getLogger(__name__)
 
 
 def _epilog() -> str:
@@ -270,7 +264,3 @@ def main(argv: list[str] | None = None) -> int:
     for name, entry in missing.items():
         print(f"benchmark {name} is missing: {entry['error']}", file=sys.stderr)
     return 1 if missing and not args.allow_missing else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

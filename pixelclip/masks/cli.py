@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""Generate class-agnostic masks for a folder of your own images, as SA-1B-format JSON files.
+"""``tools/generate_masks.py``: class-agnostic masks for a folder of images, as SA-1B JSON files.
 
 PixelCLIP trains on unlabeled images plus class-agnostic masks. This tool makes those masks for
 any image folder, with either source of the paper:
@@ -7,7 +6,7 @@ any image folder, with either source of the paper:
 - ``--source sam``: segment-anything's automatic mask generator (SAM ViT-B/L/H from a local
   checkpoint, e.g. ``sam_vit_h_4b8939.pth``), like the SA-1B masks;
 - ``--source dino``: k-means on DINO ViT-S/16 patch tokens (16 clusters; see
-  ``pixelclip/data/dino_masks.py``) from a local ``dino_deitsmall16_pretrain.pth``.
+  ``pixelclip/masks/dino.py``) from a local ``dino_deitsmall16_pretrain.pth``.
 
 One JSON per image (``<stem>.json`` next to the image, or at the same relative path in a parallel
 tree under ``--output``), in the SA-1B release format read by the training pipeline
@@ -48,202 +47,21 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-# Allow `python tools/generate_masks.py` from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ..data.sa1b import printable_path
+from .writer import IMAGE_EXTENSIONS, MaskFn, find_images, generate_masks, output_paths
 
-from pixelclip.data.sa1b import printable_path  # noqa: E402
-from pixelclip.data.sa1b_format import (  # noqa: E402
-    read_sa1b_json,
-    record_from_masks,
-    write_sa1b_json,
-)
+logger = logging.getLogger(__name__)
 
-logger = logging.getLogger("generate_masks")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 # Images without masks quoted by name after the summary line.
 NO_MASK_NAMES_SHOWN = 20
-
-# A mask function takes an RGB uint8 image (H, W, 3) and returns one dict per mask with a bool
-# "segmentation" (H, W) and optional SA-1B extras (predicted_iou, stability_score, ...).
-MaskFn = Callable[[np.ndarray], list[dict[str, Any]]]
-
-
-def find_images(root: Path) -> list[Path]:
-    """All images under ``root`` (recursive, case-insensitive extensions), sorted.
-
-    Only regular files (or symlinks to them): FIFOs, devices, dangling symlinks and folders named
-    like images are left out and logged once (``is_file`` only stats, it never opens).
-    """
-    named = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
-    images = sorted(p for p in named if p.is_file())
-    others = sorted(set(named) - set(images))
-    if others:
-        logger.warning(
-            "left out %d entries named like images that are not regular files (FIFOs, devices, "
-            "dangling symlinks or folders), e.g. %s",
-            len(others),
-            ", ".join(printable_path(p) for p in others[:3]),
-        )
-    return images
-
-
-def output_paths(images: Sequence[Path], input_root: Path, output_root: Path | None) -> list[Path]:
-    """JSON path of every image: ``<stem>.json`` next to it, or mirrored under ``output_root``.
-
-    Raises:
-        ValueError: two images map to the same JSON (e.g. ``a.jpg`` and ``a.png``).
-    """
-    outs = []
-    for img in images:
-        rel = img.relative_to(input_root).with_suffix(".json")
-        outs.append((output_root / rel) if output_root is not None else img.with_suffix(".json"))
-    seen: dict[Path, Path] = {}
-    for img, out in zip(images, outs):
-        if out in seen:
-            raise ValueError(f"{seen[out]} and {img} would both write {out}; rename one of them")
-        seen[out] = img
-    return outs
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3) with the EXIF orientation applied (detectron2's reader)."""
-    from detectron2.data.detection_utils import read_image
-
-    image = read_image(str(path), format="RGB")
-    return np.require(image, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])
-
-
-def _existing_record(json_path: Path) -> dict[str, Any] | None:
-    """The record of a finished JSON from an earlier run, or None when it must be (re)made."""
-    if not json_path.is_file():
-        return None
-    try:
-        return read_sa1b_json(json_path)
-    except (ValueError, OSError) as e:
-        logger.warning("regenerating %s: %s", printable_path(json_path), printable_path(str(e)))
-        return None
-
-
-def _resize_image(image: np.ndarray, max_side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    if max_side <= 0 or max(h, w) <= max_side:
-        return image
-    scale = max_side / max(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def generate_masks(
-    image_paths: Sequence[Path],
-    mask_fn: MaskFn,
-    out_paths: Sequence[Path],
-    *,
-    input_root: Path | None = None,
-    max_side: int = 0,
-    min_area: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
-    no_masks: list[Path] | None = None,
-) -> tuple[int, int, int]:
-    """Write one SA-1B JSON per image; the core of the CLI.
-
-    Args:
-        image_paths: images to process.
-        mask_fn: RGB uint8 (h, w, 3) -> list of dicts with a bool (h, w) "segmentation".
-        out_paths: JSON path of each image (same length as ``image_paths``).
-        input_root: the image ids are hashes of the paths relative to this folder (default:
-            of the file names). ``image.file_name`` is always the image's file name, as in SA-1B
-            (the image sits next to its JSON, or at the mirrored place under the input folder).
-        max_side: downscale images whose longest side exceeds this before ``mask_fn`` (0 = never).
-        min_area: drop masks with fewer pixels (at the stored size).
-        overwrite: regenerate JSONs that already exist.
-        progress: show a tqdm progress bar.
-        no_masks: if given, the images whose JSON holds no mask are appended to it (made now, or
-            skipped because an earlier run made them); each is also logged as a warning.
-
-    Returns:
-        (processed, skipped, failed) counts.
-    """
-    from tqdm import tqdm
-
-    if len(image_paths) != len(out_paths):
-        raise ValueError("image_paths and out_paths must have the same length")
-    processed = skipped = failed = 0
-    bar = tqdm(list(zip(image_paths, out_paths)), disable=not progress, unit="img")
-    for img_path, out_path in bar:
-        existing = None if overwrite else _existing_record(out_path)
-        if existing is not None:
-            skipped += 1
-            if not existing["annotations"]:
-                logger.warning("no masks for %s (from an earlier run)", printable_path(img_path))
-                if no_masks is not None:
-                    no_masks.append(img_path)
-            continue
-        try:
-            image = read_rgb(img_path)
-        except Exception as e:  # PIL raises many types for corrupt files; all mean "unreadable"
-            logger.error(
-                "cannot read image %s: %s", printable_path(img_path), printable_path(str(e))
-            )
-            failed += 1
-            continue
-        height, width = image.shape[:2]
-        masks = mask_fn(_resize_image(image, max_side))
-        # A stable id from the relative path, so re-runs and partial runs agree (52 bits: exact
-        # in JSON readers that use doubles).
-        key = img_path.relative_to(input_root).as_posix() if input_root else img_path.name
-        # The file name's own bytes (os.fsencode): str.encode() fails on names that are not UTF-8
-        # and gives the same bytes for all others, so existing ids do not change.
-        image_id = int(hashlib.sha1(os.fsencode(key)).hexdigest()[:13], 16)
-        record = record_from_masks(masks, height, width, image_id, img_path.name, min_area)
-        write_sa1b_json(out_path, record)
-        processed += 1
-        if not record["annotations"]:
-            logger.warning("no masks for %s (its JSON has none)", printable_path(img_path))
-            if no_masks is not None:
-                no_masks.append(img_path)
-        bar.set_postfix(masks=len(record["annotations"]))
-    return processed, skipped, failed
-
-
-def sam_mask_fn(sam: torch.nn.Module, **generator_kwargs: Any) -> MaskFn:
-    """Mask function of segment-anything's ``SamAutomaticMaskGenerator`` around a built ``Sam``."""
-    from segment_anything import SamAutomaticMaskGenerator
-
-    generator = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **generator_kwargs)
-
-    def fn(image: np.ndarray) -> list[dict[str, Any]]:
-        return generator.generate(image)
-
-    return fn
-
-
-def dino_mask_fn(generator: torch.nn.Module) -> MaskFn:
-    """Mask function of a :class:`~pixelclip.data.dino_masks.DinoMaskGenerator` (empty clusters
-    are dropped)."""
-
-    def fn(image: np.ndarray) -> list[dict[str, Any]]:
-        device = generator.pixel_mean.device
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
-        masks = generator(x, image.shape[:2])[0].cpu().numpy()
-        return [{"segmentation": m} for m in masks if m.any()]
-
-    return fn
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,7 +217,7 @@ def build_mask_fn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     """The mask function selected by the CLI arguments (loads the model onto ``args.device``)."""
     _check_model_args(args, parser)
     if args.source == "sam":
-        from pixelclip.data.sam_weights import load_sam
+        from .sam import load_sam, sam_mask_fn
 
         model = load_sam(args.sam_checkpoint, args.sam_model)
         return sam_mask_fn(
@@ -414,7 +232,7 @@ def build_mask_fn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             crop_n_points_downscale_factor=args.crop_n_points_downscale_factor,
             min_mask_region_area=args.min_mask_region_area,
         )
-    from pixelclip.data.dino_masks import DinoMaskGenerator
+    from .dino import DinoMaskGenerator, dino_mask_fn
 
     generator = DinoMaskGenerator(
         model_name=args.dino_model,
@@ -435,7 +253,6 @@ def main(argv: Sequence[str] | None = None, mask_fn: MaskFn | None = None) -> in
         mask_fn: use this mask function instead of building one from the arguments (for
             programmatic use with a model already in memory, and for tests).
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.input.is_dir():
@@ -485,7 +302,3 @@ def main(argv: Sequence[str] | None = None, mask_fn: MaskFn | None = None) -> in
     if failed and (args.strict or processed + skipped == 0):
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint.safe_io import read_checkpoint
 
-__all__ = ["kmeans", "DinoMaskGenerator", "load_dino_state_dict"]
+if TYPE_CHECKING:
+    from .writer import MaskFn
+
+__all__ = ["kmeans", "DinoMaskGenerator", "dino_mask_fn", "load_dino_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -291,3 +295,16 @@ class DinoMaskGenerator(nn.Module):
         # uint8 nearest interpolation copies one source cell per output pixel: still a partition.
         masks = F.interpolate(masks, size=size, mode="nearest")
         return masks.bool().to(images.device)
+
+
+def dino_mask_fn(generator: torch.nn.Module) -> MaskFn:
+    """Mask function of a :class:`DinoMaskGenerator` for
+    :func:`pixelclip.masks.writer.generate_masks` (empty clusters are dropped)."""
+
+    def fn(image: np.ndarray) -> list[dict[str, Any]]:
+        device = generator.pixel_mean.device
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
+        masks = generator(x, image.shape[:2])[0].cpu().numpy()
+        return [{"segmentation": m} for m in masks if m.any()]
+
+    return fn

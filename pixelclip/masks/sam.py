@@ -1,23 +1,30 @@
-"""SAM checkpoints through the project's safe reader, with the model type read from the file.
+"""SAM masks: checkpoints through the project's safe reader, and the automatic mask generator.
 
 segment-anything's own builders call ``torch.load`` without ``weights_only``, so their safety
 depends on torch's default and on ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``; here the model is built
-empty and the tensors come from :func:`pixelclip.checkpoint.read_checkpoint`, strictly.
+empty and the tensors come from :func:`pixelclip.checkpoint.read_checkpoint`, strictly. The model
+type is read from the file. :func:`sam_mask_fn` turns a loaded SAM into the mask function of
+:func:`pixelclip.masks.writer.generate_masks`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from torch import Tensor, nn
 
 from ..checkpoint.reference import check_state_dict_matches
 from ..checkpoint.safe_io import read_checkpoint
 
+if TYPE_CHECKING:
+    from .writer import MaskFn
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["AUTO", "load_sam", "sam_model_type"]
+__all__ = ["AUTO", "load_sam", "sam_mask_fn", "sam_model_type"]
 
 AUTO = "auto"
 # Width of SAM's image encoder (its patch embedding's output channels) -> registry name.
@@ -72,3 +79,15 @@ def load_sam(checkpoint: str | os.PathLike, model_type: str = AUTO) -> nn.Module
     check_state_dict_matches(sd, model.state_dict(), f"{source} (SAM {model_type})")
     model.load_state_dict(sd, strict=True)
     return model.eval()
+
+
+def sam_mask_fn(sam: nn.Module, **generator_kwargs: Any) -> MaskFn:
+    """Mask function of segment-anything's ``SamAutomaticMaskGenerator`` around a built ``Sam``."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    generator = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **generator_kwargs)
+
+    def fn(image: np.ndarray) -> list[dict[str, Any]]:
+        return generator.generate(image)
+
+    return fn

@@ -155,7 +155,7 @@ class PixelCLIP(nn.Module):
         head = build_sem_seg_head(cfg, backbone.output_shape())
         mask_generator = None
         if cfg.INPUT.MASK_SOURCE == "dino":
-            from ..data.dino_masks import DinoMaskGenerator
+            from ..masks.dino import DinoMaskGenerator
 
             mask_generator = DinoMaskGenerator(
                 model_name=cfg.MODEL.DINO.MODEL_NAME,

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Pretrain the small ToyWorld CLIP contrastively on (image, caption) pairs of the train split.
 
 The model is a standard open_clip ``CLIP`` built from an open_clip model config (default
@@ -27,7 +26,7 @@ Outputs in ``--output``: ``<model>.safetensors`` (state dict) and ``<model>.log.
 loss curve, dev metrics, timings, SHA-256 of the weights).
 
 Example:
-  tools/pretrain_toy_clip.py --root datasets/toyworld --output output/toy_clip
+  tools/pretrain_toy_clip.py --output output/toy_clip   # the world goes to output/toy_clip/world
 """
 
 from __future__ import annotations
@@ -49,15 +48,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from pixelclip.data.toyworld import (
-    TOYWORLD_CLASSES,
-    TOYWORLD_STUFF,
-    write_toyworld,
-)
-from pixelclip.modeling.clip import create_clip
-from pixelclip.modeling.dense import build_dense_encoder
+from ..modeling.clip import create_clip
+from ..modeling.dense import build_dense_encoder
+from .world import TOYWORLD_CLASSES, TOYWORLD_STUFF, write_toyworld
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
@@ -258,7 +253,7 @@ def evaluate_dense(model, tokenizer, images, labels, template: str, variant="ref
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--root", default="datasets/toyworld", help="ToyWorld folder (built if absent)")
+    ap.add_argument("--root", default="", help="ToyWorld folder, built if absent (<output>/world)")
     ap.add_argument("--output", default="output/toy_clip", help="folder for weights + log JSON")
     ap.add_argument("--model-name", default="toy-clip")
     ap.add_argument("--model-config", default=str(REPO / "configs/clip_models/toy-clip.json"))
@@ -279,7 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    root, out = Path(args.root), Path(args.output)
+    out = Path(args.output)
+    root = Path(args.root) if args.root else out / "world"
     t0 = time.time()
     write_toyworld(
         root,
@@ -351,7 +347,3 @@ def main(argv: list[str] | None = None) -> dict:
         f"{d['chance_present']['miou']})"
     )
     return result
-
-
-if __name__ == "__main__":
-    main()

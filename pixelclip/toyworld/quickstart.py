@@ -1,11 +1,16 @@
-#!/usr/bin/env python3
 """ToyWorld quickstart (`make demo`): baseline CLIP vs. PixelCLIP on a synthetic world, on the CPU.
 
 Steps (each printed with its duration):
-  1. build (or reuse) a ToyWorld under ``<output-dir>/world`` (pixelclip.data.toyworld);
+  1. build (or reuse) a ToyWorld (pixelclip.toyworld.world) under ``--world-dir``: by default
+     ``$DETECTRON2_DATASETS/toyworld`` (``datasets/toyworld``), the folder registered as
+     ``toyworld_{train,dev_sem_seg,test_sem_seg}`` when pixelclip is imported, so that
+     ``tools/train_net.py --config-file configs/toyworld/pixelclip_toyclip.yaml --eval-only
+     MODEL.WEIGHTS <run>/model_final.pth`` evaluates a trained run again; with ``--quick``
+     ``<output-dir>/world`` (a smaller world must not replace the default one);
   2. evaluate the small pretrained CLIP ("toy-clip") without PixelCLIP training: the baseline;
-  3. train PixelCLIP with ``tools/train_net.py`` and configs/toyworld/pixelclip_toyclip.yaml, once
-     per seed, on the class-agnostic masks of the train split (no class labels);
+  3. train PixelCLIP as ``tools/train_net.py`` does (``pixelclip.engine.train_net``), with
+     configs/toyworld/pixelclip_toyclip.yaml, once per seed, on the class-agnostic masks of the
+     train split (no class labels);
   4. evaluate each trained model with the same evaluator (detectron2's SemSegEvaluator through
      pixelclip.evaluation.evaluate) on the dev and test splits;
   5. write ``results.md`` / ``results.json`` (mIoU over all, stuff and thing classes; mean +- std
@@ -29,30 +34,24 @@ Trailing KEY VALUE pairs override keys of the config for baseline and training a
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
-import math
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from .report import predict, summarise, to_markdown, write_grid
+
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "toyworld" / "pixelclip_toyclip.yaml"
 SPLITS = {"dev": "toyworld_dev_sem_seg", "test": "toyworld_test_sem_seg"}
-# Fixed colours of the 14 ToyWorld classes in the grid (RGB), chosen to differ from each other.
-PALETTE = [
-    (135, 206, 250), (34, 139, 34), (0, 0, 205), (238, 214, 175), (105, 105, 105),
-    (255, 255, 255), (220, 20, 60), (160, 82, 45), (0, 100, 0), (255, 215, 0),
-    (255, 0, 255), (0, 206, 209), (0, 0, 0), (138, 43, 226),
-]  # fmt: skip
 
 
 def ablations() -> dict[str, tuple[str, list[str]]]:
-    """The ablations of issue 6: name -> (row label, config overrides added to the run's)."""
-    from pixelclip.data.toyworld import TOYWORLD_CLASSES
+    """The ablations of the README: name -> (row label, config overrides added to the run's)."""
+    from .world import TOYWORLD_CLASSES
 
     names = "[" + ", ".join(repr(c) for c in TOYWORLD_CLASSES) + "]"
     return {
@@ -83,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--output-dir", default="output/quickstart", help="folder of all outputs")
-    ap.add_argument("--world-dir", default="", help="ToyWorld folder (default: <output-dir>/world)")
+    ap.add_argument("--world-dir", default="", help="ToyWorld folder (default: see step 1)")
     ap.add_argument("--config-file", default=str(DEFAULT_CONFIG), help="PixelCLIP config (YAML)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
     ap.add_argument("--iters", type=int, default=0, help="training iterations (0 = the config's)")
@@ -165,26 +164,12 @@ class Steps:
         return out
 
 
-def load_train_net():
-    """tools/train_net.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "pixelclip_train_net", REPO / "tools/train_net.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def build_cfg(config_file: str, opts: list[str], output_dir: str):
-    from detectron2.config import get_cfg
+    """The frozen config of a run, made as train_net makes it (relative paths made absolute), so
+    that it compares equal to the config.yaml a training run saves."""
+    from ..config import build_config
 
-    from pixelclip.checkpoint import merge_config_file
-    from pixelclip.config import add_pixelclip_config
-
-    cfg = get_cfg()
-    add_pixelclip_config(cfg)
-    merge_config_file(cfg, config_file)
-    cfg.merge_from_list([*opts, "OUTPUT_DIR", output_dir])
+    cfg = build_config(config_file, [*opts, "OUTPUT_DIR", output_dir])
     cfg.freeze()
     return cfg
 
@@ -193,7 +178,7 @@ def load_model(cfg, weights: str = ""):
     """The model of ``cfg`` in eval mode (CLIP from MODEL.CLIP.PRETRAINED), then ``weights``."""
     from detectron2.modeling import build_model
 
-    from pixelclip.checkpoint import load_weights
+    from ..checkpoint import load_weights
 
     model = build_model(cfg)
     if weights:
@@ -203,8 +188,8 @@ def load_model(cfg, weights: str = ""):
 
 def evaluate_splits(cfg, model, output_dir: str) -> dict:
     """``{split: {"mIoU", "stuff", "things", "metrics"}}`` on dev and test."""
-    from pixelclip.data.toyworld import TOYWORLD_STUFF, TOYWORLD_THINGS
-    from pixelclip.evaluation.evaluate import evaluate, subset_miou
+    from ..evaluation.evaluate import evaluate, subset_miou
+    from .world import TOYWORLD_STUFF, TOYWORLD_THINGS
 
     results = evaluate(cfg, model, list(SPLITS.values()), output_dir=output_dir)
     out = {}
@@ -267,8 +252,10 @@ def trained_before(config_file: str, opts: list[str], output_dir: str, seed: int
     return str(weights)
 
 
-def train(train_net, config_file: str, opts: list[str], output_dir: str, seed: int) -> str:
-    """Train with tools/train_net.py's ``main``; returns the path of model_final.pth."""
+def train(config_file: str, opts: list[str], output_dir: str, seed: int) -> str:
+    """Train as tools/train_net.py does (in this process); returns the path of model_final.pth."""
+    from ..engine import build_parser, train_net
+
     # --overwrite: a run is retrained when asked to (--reuse-trained keeps trained runs instead).
     argv = ["--config-file", config_file, "--overwrite", *train_overrides(opts, output_dir, seed)]
     # train_net's setup() adds log handlers to these loggers each time; restore them afterwards
@@ -276,7 +263,7 @@ def train(train_net, config_file: str, opts: list[str], output_dir: str, seed: i
     names = ("detectron2", "pixelclip", "fvcore", "d2")
     saved = {n: list(logging.getLogger(n).handlers) for n in names}
     try:
-        train_net.main(train_net.build_parser().parse_args(argv))
+        train_net(build_parser().parse_args(argv))
     finally:
         for n, handlers in saved.items():
             for h in logging.getLogger(n).handlers[:]:
@@ -284,100 +271,6 @@ def train(train_net, config_file: str, opts: list[str], output_dir: str, seed: i
                     logging.getLogger(n).removeHandler(h)
                     h.close()
     return os.path.join(output_dir, "model_final.pth")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarise(baseline: dict | None, variants: dict[str, list[dict]], seeds: list[int]) -> dict:
-    """Rows of the results table: the baseline, then for each trained variant (row label ->
-    results per seed) every seed and, with several seeds, the mean +- std over seeds."""
-    keys = [(s, k) for s in SPLITS for k in ("mIoU", "stuff", "things")]
-    rows = []
-    if baseline is not None:
-        rows.append(
-            {
-                "model": "toy-clip (baseline, no training)",
-                **{f"{s}/{k}": baseline[s][k] for s, k in keys},
-            }
-        )
-    for label, trained in variants.items():
-        for seed, res in zip(seeds, trained):
-            rows.append(
-                {"model": f"{label} (seed {seed})", **{f"{s}/{k}": res[s][k] for s, k in keys}}
-            )
-        if len(trained) > 1:
-            row = {"model": f"{label} (mean ± std, {len(trained)} seeds)"}
-            for s, k in keys:
-                row[f"{s}/{k}"], row[f"{s}/{k}_std"] = mean_std([r[s][k] for r in trained])
-            rows.append(row)
-    return {"columns": [f"{s}/{k}" for s, k in keys], "rows": rows}
-
-
-def to_markdown(table: dict, notes: list[str]) -> str:
-    cols = table["columns"]
-    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for row in table["rows"]:
-        cells = []
-        for c in cols:
-            v = row[c]
-            cell = "n/a" if v is None or not math.isfinite(v) else f"{v:.1f}"
-            if f"{c}_std" in row:
-                cell += f" ± {row[c + '_std']:.1f}"
-            cells.append(cell)
-        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
-    body = "\n".join(["# ToyWorld quickstart results", "", *lines, ""])
-    return body + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-
-
-def predict(model, dicts: list[dict]):
-    """Argmax label maps (H, W) uint8 of the given sem-seg dataset dicts (images at full size)."""
-    import numpy as np
-    import torch
-    from detectron2.data.detection_utils import read_image
-
-    out = []
-    with torch.no_grad():
-        for d in dicts:
-            image = read_image(d["file_name"], format="RGB")
-            tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-            scores = model([{"image": tensor, "height": d["height"], "width": d["width"]}])
-            out.append(scores[0]["sem_seg"].argmax(0).to(torch.uint8).numpy())
-    return out
-
-
-def write_grid(path: Path, dicts: list[dict], columns: dict[str, list], scale: int = 2) -> None:
-    """PNG: one row per image, columns image | ground truth | each model; a colour legend below."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    from pixelclip.data.toyworld import TOYWORLD_CLASSES
-
-    palette = np.array(PALETTE + [(128, 128, 128)] * (256 - len(PALETTE)), dtype=np.uint8)
-    images = [np.asarray(Image.open(d["file_name"]).convert("RGB")) for d in dicts]
-    labels = [np.asarray(Image.open(d["sem_seg_file_name"])) for d in dicts]
-    panels = {"image": images, "ground truth": [palette[x] for x in labels]}
-    panels.update({name: [palette[x] for x in preds] for name, preds in columns.items()})
-    side, pad, head = images[0].shape[0] * scale, 4, 16
-    legend_rows = math.ceil(len(TOYWORLD_CLASSES) / 4)
-    width = len(panels) * (side + pad) + pad
-    height = head + len(dicts) * (side + pad) + pad + legend_rows * 16 + pad
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for c, (title, tiles) in enumerate(panels.items()):
-        x = pad + c * (side + pad)
-        draw.text((x, 2), title, fill=(0, 0, 0))
-        for r, tile in enumerate(tiles):
-            big = Image.fromarray(tile).resize((side, side), Image.NEAREST)
-            canvas.paste(big, (x, head + r * (side + pad)))
-    y0 = head + len(dicts) * (side + pad) + pad
-    col_w = width // 4
-    for i, name in enumerate(TOYWORLD_CLASSES):
-        x, y = pad + (i % 4) * col_w, y0 + (i // 4) * 16
-        draw.rectangle([x, y + 2, x + 10, y + 12], fill=PALETTE[i], outline=(0, 0, 0))
-        draw.text((x + 14, y + 1), name, fill=(0, 0, 0))
-    canvas.save(path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -388,13 +281,14 @@ def main(argv: list[str] | None = None) -> dict:
     from detectron2.data import DatasetCatalog
     from detectron2.utils.logger import setup_logger
 
-    from pixelclip.data.toyworld import register_toyworld, write_toyworld
-    from pixelclip.evaluation.tables import make_run, write_results
+    from ..evaluation.tables import make_run, write_results
+    from .datasets import default_toyworld_root, register_toyworld
+    from .world import write_toyworld
 
     setup_logger(name="pixelclip")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world = Path(args.world_dir or out / "world")
+    world = Path(args.world_dir or (out / "world" if args.quick else default_toyworld_root()))
     opts = list(args.opts) + (["SOLVER.MAX_ITER", str(args.iters)] if args.iters else [])
     steps = Steps()
     print(f"ToyWorld quickstart: outputs in {out}, {torch.get_num_threads()} torch thread(s)")
@@ -433,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
                 command=command,
             )
         )
-    train_net, results = load_train_net(), {}
+    results = {}
     variants = runs_to_train(args, opts)
     for name, label, extra in variants:
         trained = results[label] = []
@@ -448,7 +342,6 @@ def main(argv: list[str] | None = None) -> dict:
                 weights = steps.run(
                     f"3. Train {label}, seed {seed}",
                     train,
-                    train_net,
                     args.config_file,
                     opts + extra,
                     folder,
@@ -506,7 +399,3 @@ def main(argv: list[str] | None = None) -> dict:
         + (f", {out / 'grid.png'}" if grid_dicts and grid_columns else "")
     )
     return summary
-
-
-if __name__ == "__main__":
-    main()

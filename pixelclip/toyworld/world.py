@@ -26,6 +26,9 @@ On-disk layout written by :func:`write_toyworld`::
     root/{dev,test}/images/<id>.png      image
     root/{dev,test}/labels/<id>.png      uint8 label map (0..C-1, 255 = ignore)
     root/{dev,test}/captions.json        {id: caption}
+
+Reading a written world back (detectron2 dataset dicts and registration) is
+:mod:`pixelclip.toyworld.datasets`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .sa1b_format import make_annotation, make_record
+from ..data.sa1b_format import make_annotation, make_record
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +54,6 @@ __all__ = [
     "ToyWorldBatch",
     "caption_min_pixels",
     "generate_toyworld",
-    "load_toyworld_sem_seg_dicts",
-    "load_toyworld_train_dicts",
-    "register_toyworld",
     "write_toyworld",
 ]
 
@@ -391,75 +391,3 @@ def write_toyworld(
     (root / "class_names.json").write_text(json.dumps(list(TOYWORLD_CLASSES)), encoding="utf-8")
     meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")  # last: completion marker
     return meta
-
-
-def _read_meta(root: Path) -> dict[str, Any]:
-    path = root / "meta.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {root} is not a complete ToyWorld (write it with "
-            "pixelclip.data.toyworld.write_toyworld)"
-        )
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-    return meta
-
-
-def _list_split(root: Path, split: str, folder: str, key: str, companion) -> list[dict[str, Any]]:
-    """Dicts of every PNG in ``root/split/folder`` with ``key`` = ``companion(path)``."""
-    size = _read_meta(root)["image_size"]
-    dicts = []
-    for path in sorted((root / split / folder).glob("*.png")):
-        other = companion(path)
-        if not other.is_file():
-            raise FileNotFoundError(f"{other} missing for image {path}")
-        dicts.append({"file_name": str(path), key: str(other), "image_id": path.stem,
-                      "height": size, "width": size})  # fmt: skip
-    return dicts
-
-
-def load_toyworld_sem_seg_dicts(root: str | os.PathLike, split: str) -> list[dict[str, Any]]:
-    """detectron2 dicts of dev or test: file_name, sem_seg_file_name, image_id, height, width."""
-    if split not in ("dev", "test"):
-        raise ValueError(f"split {split!r} has no labels; choose from ('dev', 'test')")
-    labels = Path(root) / split / "labels"
-    return _list_split(Path(root), split, "images", "sem_seg_file_name", lambda p: labels / p.name)
-
-
-def load_toyworld_train_dicts(root: str | os.PathLike) -> list[dict[str, Any]]:
-    """SA-1B-style dicts of the train split: file_name, annotation_file, image_id (the file stem,
-    as in ``pixelclip.data.sa1b``), height, width."""
-    return _list_split(Path(root), "train", "", "annotation_file", lambda p: p.with_suffix(".json"))
-
-
-def register_toyworld(root: str | os.PathLike, prefix: str = "toyworld") -> list[str]:
-    """Register ``{prefix}_train`` (SA-1B style) and ``{prefix}_{dev,test}_sem_seg`` lazily.
-
-    Nothing is read until a dataset is requested from ``DatasetCatalog``. Registering a name again
-    replaces the old entry (e.g. another root).
-
-    Returns:
-        The registered dataset names.
-    """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    root = Path(root).expanduser()
-    entries = {f"{prefix}_train": (lambda: load_toyworld_train_dicts(root), root / "train", None)}
-    for split in ("dev", "test"):
-        entries[f"{prefix}_{split}_sem_seg"] = (
-            lambda s=split: load_toyworld_sem_seg_dicts(root, s),
-            root / split / "images",
-            root / split / "labels",
-        )
-    for name, (loader, image_root, sem_seg_root) in entries.items():
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, loader)
-        meta = MetadataCatalog.get(name)
-        meta.set(image_root=str(image_root), stuff_classes=list(TOYWORLD_CLASSES))
-        if sem_seg_root is not None:
-            meta.set(sem_seg_root=str(sem_seg_root), ignore_label=IGNORE_LABEL)
-            meta.set(evaluator_type="sem_seg")
-    return list(entries)

@@ -1,0 +1,6 @@
+"""``python -m pixelclip.benchmark``: the command of tools/benchmark.py (each isolated benchmark
+runs this way in its own interpreter)."""
+
+from .runner import main
+
+main()

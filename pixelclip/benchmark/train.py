@@ -1,0 +1,130 @@
+"""One training iteration of the real architectures (``train:*``) and its per-phase profile
+(``profile:*``), on a synthetic batch with random weights."""
+
+from __future__ import annotations
+
+import time
+
+from .common import build_cfg, count_flops, summary
+from .matmul import time_against_matmul
+
+
+def synthetic_batch(num_masks: int, size: int, grid: int, seed: int = 0) -> list[dict]:
+    """2 random images (size x size) with ``num_masks`` random rectangles each on the grid."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(2):
+        masks = torch.zeros(num_masks, grid, grid, dtype=torch.bool)
+        for j in range(num_masks):
+            y, x = torch.randint(0, grid - 2, (2,), generator=g).tolist()
+            h, w = torch.randint(2, max(3, grid // 2), (2,), generator=g).tolist()
+            masks[j, y : y + h, x : x + w] = True
+        valid = torch.ones(grid, grid, dtype=torch.bool)
+        valid[: grid // 8, : grid // 8] = False  # a cutout box, as the strong view makes
+        image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
+        batch.append(
+            {
+                "image": image,
+                "image_strong": image.flip(-1).contiguous(),
+                "masks": masks,
+                "valid": valid,
+                "height": size,
+                "width": size,
+            }
+        )
+    return batch
+
+
+def make_train_step(cfg, num_masks: int, size: int, phases: dict | None = None):
+    import torch
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from ..solver import build_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    batch = synthetic_batch(num_masks, size, cfg.MODEL.PIXELCLIP.MASK_RESOLUTION)
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        with torch.profiler.record_function(name):
+            out = fn()
+        if phases is not None:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+        return out
+
+    def step():
+        with EventStorage():
+            losses = model(batch)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        timed("backward", loss.backward)
+        timed("optimizer step (clip + AdamW)", optimizer.step)
+
+    if phases is not None:
+        instrument(model, timed)
+    return step
+
+
+def instrument(model, timed) -> None:
+    """Time the phases of the training forward by wrapping methods on the instances."""
+    from ..modeling import meta_arch
+
+    def wrap(owner, attr, name):
+        original = getattr(owner, attr)
+        setattr(owner, attr, lambda *a, **k: timed(name, lambda: original(*a, **k)))
+
+    wrap(model.teacher, "update", "teacher EMA update")
+    wrap(model.teacher, "forward", "teacher forward (weak view)")
+    wrap(model.sem_seg_head, "prompt_embeddings", "text tower on k prompts")
+    wrap(meta_arch, "cluster_masks", "clustering (pool, Sinkhorn, targets)")
+    wrap(model.backbone, "forward", "student forward (strong view)")
+    wrap(model.sem_seg_head, "forward", "cost maps + decoder forward")
+    wrap(meta_arch, "masked_bce_loss", "loss")
+
+
+def bench_train(spec: str, s: dict, args) -> dict:
+    _, model, load, precision = spec.split(":")
+    size = s["models"][model]["res"] if load == "base" else s["realistic_crop"]
+    cfg = build_cfg(model, precision, s, args.quick, args.opts)
+    step = make_train_step(cfg, s["masks"][load], size)
+    out = time_against_matmul(step, precision, s, args)
+    out.update(
+        settings={"model": cfg.MODEL.CLIP.MODEL_NAME, "clip_resolution": cfg.MODEL.CLIP.RESOLUTION,
+                  "input_size": size, "images": 2, "masks_per_image": s["masks"][load],
+                  "clusters": s["clusters"], "mask_resolution": s["grid"], "precision": precision},
+    )  # fmt: skip
+    return out
+
+
+def bench_profile(spec: str, s: dict, args) -> dict:
+    import torch
+
+    _, model, load, precision = spec.split(":")
+    cfg = build_cfg(model, precision, s, args.quick, args.opts)
+    phases: dict[str, float] = {}
+    step = make_train_step(cfg, s["masks"][load], s["models"][model]["res"], phases)
+    flops, per_module = count_flops(step, by_module=True)  # the warm-up run
+    phases.clear()
+    start = time.perf_counter()
+    step()
+    total = time.perf_counter() - start
+    phases["other (inputs, interpolation, EventStorage)"] = total - sum(phases.values())
+    phases = dict(phases)  # the profiled run below must not add to these
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    self_total = sum(e.self_cpu_time_total for e in events) or 1.0
+    top = [
+        {"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count,
+         "self_fraction": e.self_cpu_time_total / self_total}
+        for e in events if not e.key.startswith(("phase", "backward", "optimizer step"))
+    ][:20]  # fmt: skip
+    modules = {k: v / 1e9 for k, v in per_module.items() if 0 < k.count(".") <= 2 and v > 0}
+    return {**summary([total]), "gflop": flops / 1e9, "gflop_by_module": modules,
+            "phases_s": phases, "top_ops": top, "settings": {"precision": precision}}  # fmt: skip

@@ -123,6 +123,9 @@ class ViTDenseEncoder(DenseCLIPEncoder):
 
     def positional_embedding(self, grid_h: int, grid_w: int) -> Tensor:
         """Positional table for a (grid_h, grid_w) grid: (1 + grid_h * grid_w, width)."""
+        # Plain ints: under the ONNX exporter's tracer the sizes are tensors, and the tower runs
+        # at one fixed size per protocol there (pixelclip/inference/onnx_graphs.py).
+        grid_h, grid_w = int(grid_h), int(grid_w)
         table = self.visual.positional_embedding
         if (grid_h, grid_w) == self.native_grid:
             return table
@@ -208,6 +211,7 @@ class ViTDenseEncoder(DenseCLIPEncoder):
         return z + block.ls_2(block.mlp(block.ln_2(z)))
 
     def _neighbourhood(self, grid_h: int, grid_w: int, ref: Tensor) -> Tensor:
+        grid_h, grid_w = int(grid_h), int(grid_w)  # see positional_embedding
         key = (grid_h, grid_w, ref.device, ref.dtype)
         if key not in self._neighbour_bias:
             ys, xs = torch.meshgrid(

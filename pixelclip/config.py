@@ -155,6 +155,10 @@ def add_pixelclip_config(cfg: CN) -> None:
     # "" = the JSON next to each image; else a folder mirroring ROOT's tree (what
     # tools/generate_masks.py --output writes).
     cfg.DATASETS.SA1B.ANNOTATION_ROOT = ""
+    # SA-1B tar shards: "a.tar::b.tar", "sa_{000000..000999}.tar", a folder, a .txt list; "" = ROOT
+    cfg.DATASETS.SA1B.SHARDS = ""
+    # Tar shards: decode at the resize for max(INPUT.MIN_SIZE_TRAIN), masks follow; True/False
+    cfg.DATASETS.SA1B.DOWNSCALE = True
 
     # ------------------------------------------------------------------------------- solver
     # Optimizer: "ADAMW" (the reference) or "SGD" (with SOLVER.MOMENTUM).
@@ -178,6 +182,7 @@ PATH_KEYS = (
     "DATASETS.SA1B.ROOT",
     "DATASETS.SA1B.SUBSET",
     "DATASETS.SA1B.ANNOTATION_ROOT",
+    "DATASETS.SA1B.SHARDS",  # a folder or list file; patterns are left as they are
 )
 
 

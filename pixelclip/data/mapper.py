@@ -46,11 +46,22 @@ image-folder loaders). A dataset without one usable mask therefore never trains 
 Masks are defined on the EXIF-corrected image (SA-1B images carry no EXIF rotation; masks
 written by our tools are made on ``read_image``'s output). A mask whose size disagrees with the
 corrected image is rejected, never stretched.
+
+Samples held in memory (the tar-shard source, :mod:`pixelclip.data.sa1b_shards`): a dict may carry
+``image_bytes`` and ``annotation_bytes`` instead of files (``file_name`` / ``annotation_file`` then
+only name the tar member in messages), or ``bad_sample``, a reason found while reading the shard
+(logged and skipped like any bad sample). With ``downscale_to`` (DATASETS.SA1B.DOWNSCALE) the image
+is decoded at the size the weak view's resize would give for the largest INPUT.MIN_SIZE_TRAIN
+(JPEGs of at least twice that size are decoded at 1/2, 1/4 or 1/8 by libjpeg, then resized); the
+masks stay at full resolution and are read through that resize too (a ``ResizeTransform`` before
+the augmentations, PIL ``NEAREST`` as for every resize), so their sizes are still checked against
+the original image.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import warnings
 from collections.abc import Sequence
@@ -72,7 +83,13 @@ from .masks import (
     sample_rle_masks,
     torch_nearest_indices,
 )
-from .sa1b import SA1BFormatError, load_sa1b_annotations, printable_path, regular_file_problem
+from .sa1b import (
+    SA1BFormatError,
+    load_sa1b_annotations,
+    parse_sa1b_annotations,
+    printable_path,
+    regular_file_problem,
+)
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -158,6 +175,7 @@ class SA1BDatasetMapper:
         give_up_after: int = GIVE_UP_AFTER,
         dataset_names: Sequence[str] = (),
         dataset_size: int | None = None,
+        downscale_to: tuple[int, int] | None = None,
     ) -> None:
         """
         Args:
@@ -181,6 +199,9 @@ class SA1BDatasetMapper:
                 unknown). When this many distinct samples were bad with no sample returned in
                 between, every sample is bad: the mapper raises :class:`TrainingDataError`
                 instead of returning None.
+            downscale_to: ``(short, max_long)``: decode images larger than the resize of
+                ``short`` (long edge at most ``max_long``) at that size (see the module
+                docstring); None = decode at full size.
         """
         if mask_source not in MASK_SOURCES:
             raise ValueError(f"unknown mask source {mask_source!r}; choose from {MASK_SOURCES}")
@@ -204,6 +225,10 @@ class SA1BDatasetMapper:
         self.give_up_after = int(give_up_after)
         self.dataset_names = tuple(dataset_names)
         self.dataset_size = dataset_size
+        self.downscale_to = tuple(int(v) for v in downscale_to) if downscale_to else None
+        # The downscale resizes like the weak view's own resize.
+        resize = [a for a in self.augmentations.augs if isinstance(a, T.ResizeShortestEdge)]
+        self._resize_interp = resize[0].interp if resize else Image.BILINEAR
         # The current streak of samples without a usable mask (per process: every data-loader
         # worker has its own copy of the mapper and of detectron2's replacement pool).
         self._unusable_in_a_row = 0
@@ -231,6 +256,11 @@ class SA1BDatasetMapper:
             )
         crop = cfg.INPUT.CROP
         pad_size = tuple(crop.SIZE) if crop.ENABLED and crop.TYPE == "absolute" else None
+        downscale_to = None
+        if cfg.DATASETS.SA1B.SHARDS and cfg.DATASETS.SA1B.DOWNSCALE:
+            sizes = cfg.INPUT.MIN_SIZE_TRAIN
+            short = max(sizes) if isinstance(sizes, (list, tuple)) else int(sizes)
+            downscale_to = (short, cfg.INPUT.MAX_SIZE_TRAIN)
         return {
             "augmentations": build_weak_augmentations(cfg),
             "image_format": cfg.INPUT.FORMAT,
@@ -241,10 +271,12 @@ class SA1BDatasetMapper:
             "pad_size": pad_size,
             "pad_value": pad_value,
             "dataset_names": tuple(cfg.DATASETS.TRAIN),
+            "downscale_to": downscale_to,
         }
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any] | None:
-        """Map one dataset dict (``file_name`` and, for SA-1B masks, ``annotation_file``).
+        """Map one dataset dict (``file_name`` and, for SA-1B masks, ``annotation_file``; or the
+        in-memory fields of the module docstring).
 
         Returns:
             the training sample described in the class docstring, or None for a bad sample.
@@ -310,18 +342,27 @@ class SA1BDatasetMapper:
             "also logged as a warning."
         )
 
-    def _read_image(self, file_name: str) -> np.ndarray:
-        """The decoded image, after cheap checks that keep a bad file from hanging or exhausting
-        memory: a regular file (a FIFO would block ``open``), and at most ``max_image_pixels``
-        pixels according to the header (PIL reads only the header until pixels are needed)."""
-        problem = regular_file_problem(file_name)
-        if problem is not None:
-            raise BadSampleError(f"{file_name}: cannot read the image ({problem})")
+    def _read_image(self, d: dict[str, Any]) -> tuple[np.ndarray, list[T.Transform]]:
+        """The decoded image (of ``image_bytes`` when the dict has them, else of ``file_name``)
+        and the transforms already applied to it (the downscale, or none), after cheap checks that
+        keep a bad file from hanging or exhausting memory: a regular file (a FIFO would block
+        ``open``), and at most ``max_image_pixels`` pixels according to the header (PIL reads only
+        the header until pixels are needed)."""
+        file_name = d["file_name"]
+        data = d.get("image_bytes")
+        if data is None:
+            problem = regular_file_problem(file_name)
+            if problem is not None:
+                raise BadSampleError(f"{file_name}: cannot read the image ({problem})")
+
+        def source():
+            return file_name if data is None else io.BytesIO(data)
+
         try:
             with warnings.catch_warnings():
                 # PIL warns above its own limit; the check below decides (and says so).
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(file_name) as im:
+                with Image.open(source()) as im:
                     width, height = im.size
         except Image.DecompressionBombError as e:  # raised by Image.open from the header
             raise BadSampleError(
@@ -336,14 +377,43 @@ class SA1BDatasetMapper:
                 "decoding"
             )
         try:
-            return utils.read_image(file_name, format=self.image_format)
+            if data is None and self.downscale_to is None:
+                return utils.read_image(file_name, format=self.image_format), []
+            return self._decode(source())
         except Exception as e:  # truncated data, broken EXIF, ...: all mean "unreadable"
             raise BadSampleError(f"{file_name}: cannot read the image ({e})") from e
 
+    def _decode(self, source) -> tuple[np.ndarray, list[T.Transform]]:
+        """detectron2's ``read_image`` (EXIF orientation, then ``image_format``), downscaled as
+        ``downscale_to`` asks: ``(image, [ResizeTransform from the original size])`` or
+        ``(image, [])``."""
+        with Image.open(source) as im:
+            resize = None
+            if self.downscale_to is not None:
+                turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation swaps h, w
+                h, w = im.size if turned else im.size[::-1]
+                new_h, new_w = T.ResizeShortestEdge.get_output_shape(h, w, *self.downscale_to)
+                if new_h * new_w < h * w:
+                    resize = T.ResizeTransform(h, w, new_h, new_w, self._resize_interp)
+                    # JPEG only (a no-op otherwise): libjpeg's scaled decoding, never below the
+                    # requested size, in the stored orientation.
+                    im.draft(None, (new_h, new_w) if turned else (new_w, new_h))
+            image = utils.convert_PIL_to_numpy(utils._apply_exif_orientation(im), self.image_format)
+        if resize is None:
+            return image, []
+        if image.shape[:2] != (resize.new_h, resize.new_w):
+            h, w = image.shape[:2]
+            step = T.ResizeTransform(h, w, resize.new_h, resize.new_w, self._resize_interp)
+            image = step.apply_image(image)
+        return image, [resize]
+
     def _map(self, d: dict[str, Any]) -> dict[str, Any]:
+        if d.get("bad_sample"):
+            raise BadSampleError(str(d["bad_sample"]))
         file_name = d["file_name"]
-        image = self._read_image(file_name)
-        height, width = image.shape[:2]
+        image, pre = self._read_image(d)
+        # The original (EXIF-corrected) size, which the masks must have.
+        height, width = (pre[0].h, pre[0].w) if pre else image.shape[:2]
         segmentations: list[dict] = []
         if self.mask_source == "sa1b":
             segmentations = self._load_segmentations(d, height, width)
@@ -364,9 +434,11 @@ class SA1BDatasetMapper:
         valid = self._valid_grid(content_h, content_w, frame_h, frame_w, box)
         s = self.mask_resolution
         if segmentations:
-            rows, cols = grid_source_indices(transforms, (height, width), (frame_h, frame_w), s)
+            steps = [*pre, *transforms.transforms]
+            rows, cols = grid_source_indices(steps, (height, width), (frame_h, frame_w), s)
             try:
-                masks = sample_rle_masks(segmentations, rows, cols, source=d["annotation_file"])
+                source = d.get("annotation_file", file_name)
+                masks = sample_rle_masks(segmentations, rows, cols, source=source)
             except RLEFormatError as e:
                 raise BadSampleError(str(e)) from e
             masks &= valid[None]
@@ -374,6 +446,8 @@ class SA1BDatasetMapper:
         else:
             masks = np.zeros((0, s, s), dtype=bool)
 
+        d.pop("image_bytes", None)  # not needed in the batch
+        d.pop("annotation_bytes", None)
         d.update(
             image=weak,
             image_strong=strong,
@@ -387,10 +461,16 @@ class SA1BDatasetMapper:
 
     def _load_segmentations(self, d: dict[str, Any], height: int, width: int) -> list[dict]:
         json_file = d.get("annotation_file")
-        if not json_file:
+        data = d.get("annotation_bytes")
+        if data is not None:
+            json_file = json_file or f"{d['file_name']} (annotation)"
+        elif not json_file:
             raise BadSampleError(f"{d['file_name']}: the dataset dict has no 'annotation_file'")
         try:
-            segmentations, info = load_sa1b_annotations(json_file)
+            if data is not None:
+                segmentations, info = parse_sa1b_annotations(data, json_file)
+            else:
+                segmentations, info = load_sa1b_annotations(json_file)
         except SA1BFormatError as e:
             raise BadSampleError(str(e)) from e
         if not segmentations:

@@ -44,6 +44,7 @@ __all__ = [
     "list_sa1b_images",
     "load_sa1b_dicts",
     "load_sa1b_annotations",
+    "parse_sa1b_annotations",
     "register_sa1b",
     "register_sa1b_from_config",
     "register_all_sa1b",
@@ -347,15 +348,42 @@ def load_sa1b_annotations(json_file: str | os.PathLike) -> tuple[list[dict], dic
         if isinstance(e, SA1BFormatError):
             raise
         raise SA1BFormatError(f"{json_file}: cannot read the annotation JSON ({e})") from e
+    return _segmentations_of(record, json_file)
+
+
+def parse_sa1b_annotations(data: bytes, source: str) -> tuple[list[dict], dict | None]:
+    """:func:`load_sa1b_annotations` of a JSON held in memory (a member of a tar shard).
+
+    Args:
+        data: the UTF-8 bytes of ``sa_N.json``.
+        source: the name used in messages, e.g. ``"/data/sa_000000.tar:sa_1.json"``.
+
+    Raises:
+        SA1BFormatError: as :func:`load_sa1b_annotations`.
+    """
+    if len(data) > MAX_ANNOTATION_BYTES:
+        raise SA1BFormatError(
+            f"{source}: annotation has {len(data)} bytes, more than the {MAX_ANNOTATION_BYTES} an "
+            "SA-1B JSON may have (MAX_ANNOTATION_BYTES)"
+        )
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise SA1BFormatError(f"{source}: cannot read the annotation JSON ({e})") from e
+    return _segmentations_of(record, source)
+
+
+def _segmentations_of(record: Any, source: str | os.PathLike) -> tuple[list[dict], dict | None]:
+    """The checks of :func:`load_sa1b_annotations` on a parsed JSON value."""
     anns = record.get("annotations") if isinstance(record, dict) else None
     if not isinstance(anns, list):
-        raise SA1BFormatError(f"{json_file}: expected a JSON object with an 'annotations' list")
+        raise SA1BFormatError(f"{source}: expected a JSON object with an 'annotations' list")
     segmentations = []
     for i, ann in enumerate(anns):
         seg = ann.get("segmentation") if isinstance(ann, dict) else None
         if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
             raise SA1BFormatError(
-                f"{json_file}: annotations[{i}] needs 'segmentation': "
+                f"{source}: annotations[{i}] needs 'segmentation': "
                 "{'size': [h, w], 'counts': ...} (COCO RLE)"
             )
         segmentations.append(seg)

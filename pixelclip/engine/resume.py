@@ -103,10 +103,18 @@ def build_resumable_train_loader(cfg, mapper: Callable) -> torch.utils.data.Data
     the same stream either way. Other samplers are built by detectron2 as usual. The sampler (or
     None) and its seed are kept on the loader as ``resumable_sampler`` and ``data_seed``, and
     bad samples are replaced by :class:`SeededMapDataset` (``seeded_dataset``).
+
+    With ``DATASETS.SA1B.SHARDS`` the loader streams the tar shards instead
+    (:func:`~pixelclip.data.shard_stream.build_shard_train_loader`); its stream takes the
+    sampler's place for the hook.
     """
     from detectron2.data import build_detection_train_loader
     from detectron2.data.build import _train_loader_from_config
 
+    if cfg.DATASETS.get("SA1B", {}).get("SHARDS"):
+        from ..data.shard_stream import build_shard_train_loader
+
+        return build_shard_train_loader(cfg, mapper)
     kwargs = {}
     if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
         kwargs = _train_loader_from_config(cfg, mapper=mapper)

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt tools/install_detectron2.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(TORCH_SPEC) "numpy<2"
 	$(PY) tools/install_detectron2.py
-	$(PY) -m pip install -e ".[dev,shards]"
+	$(PY) -m pip install -e ".[dev,shards,onnx,demo]"
 	$(PY) -c "import pixelclip, detectron2, open_clip; print('pixelclip environment ready:', detectron2.__version__)"
 	@touch $(STAMP)
 

@@ -19,6 +19,9 @@ Benchmark names (``--only`` takes names or prefixes such as ``train:vit``):
   SA-1B-format sample (1500 x 2250 JPEG, 100 RLE masks) and of a straightforward mapper that
   decodes and transforms every mask at full resolution (kept here as the yardstick).
 - ``matmul:{fp32,bf16}``: a square matmul, the yardstick of achieved GFLOP/s.
+- ``shards:tar`` / ``shards:folder``: samples/s of one data-loader worker (one torch thread)
+  reading and mapping generated SA-1B samples from a tar shard (DATASETS.SA1B.SHARDS) and from
+  the extracted folder (:mod:`.shards`).
 - ``profile:vit:base:{fp32,bf16}`` (only with ``--profile``): time per phase of one training
   step and the top operators of torch.profiler.
 
@@ -49,6 +52,7 @@ from .common import FULL, QUICK, REPO, machine_description, peak_rss_mb
 from .infer import bench_infer
 from .mapper import bench_mapper, write_sa1b_sample
 from .matmul import bench_matmul
+from .shards import bench_shards, write_shard_samples
 from .train import bench_profile, bench_train
 
 SCHEMA = "pixelclip-benchmark/1"
@@ -59,6 +63,7 @@ ALL_SPECS = (
     + [f"infer:{m}:{proto}:{p}" for m in MODELS for proto in ("whole", "slide") for p in PRECISIONS]
     + ["mapper:ours", "mapper:yardstick"]
     + [f"matmul:{p}" for p in PRECISIONS]
+    + ["shards:tar", "shards:folder"]
 )
 PROFILE_SPECS = tuple(f"profile:vit:base:{p}" for p in PRECISIONS)
 # The performance targets (docs/PERFORMANCE.md): (name, benchmark, field, comparison, limit).
@@ -76,7 +81,7 @@ TARGETS = (
 
 
 RUNNERS = {"train": bench_train, "infer": bench_infer, "matmul": bench_matmul,
-           "mapper": bench_mapper, "profile": bench_profile}  # fmt: skip
+           "mapper": bench_mapper, "profile": bench_profile, "shards": bench_shards}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -132,6 +137,9 @@ def add_derived(results: list[dict]) -> None:
     ours, yardstick = by_name.get("mapper:ours"), by_name.get("mapper:yardstick")
     if ours and yardstick:
         ours["speedup_vs_yardstick"] = ours["samples_per_s"] / yardstick["samples_per_s"]
+    tar, folder = by_name.get("shards:tar"), by_name.get("shards:folder")
+    if tar and folder:
+        tar["tar_vs_folder"] = tar["samples_per_s"] / folder["samples_per_s"]
 
 
 def evaluate_targets(results: list[dict]) -> list[dict]:
@@ -152,6 +160,7 @@ EXTRA_FIELDS = (
     ("gflops_achieved", "{:.1f} GFLOP/s"),
     ("matmul_fraction", "{:.0%} of matmul"),
     ("speedup_vs_yardstick", "x{:.1f} vs yardstick"),
+    ("tar_vs_folder", "x{:.2f} vs folder"),
     ("vocabulary_encoding_s", "vocabulary {:.1f} s"),
 )
 
@@ -240,6 +249,9 @@ def main(argv=None) -> dict | None:
     with tempfile.TemporaryDirectory(prefix="pixelclip-bench-") as tmp:
         if any(s.startswith("mapper") for s in specs):
             write_sa1b_sample(Path(tmp), *settings["mapper_image"], settings["mapper_masks"])
+            args.sample_dir = tmp
+        if any(s.startswith("shards") for s in specs):
+            write_shard_samples(Path(tmp) / "shards", args.quick)
             args.sample_dir = tmp
         results = []
         for spec in specs:

@@ -59,9 +59,11 @@ def test_onnxruntime_equals_pytorch(tiny_clip_name, protocol, tmp_path):
     model = _tiny_model(tiny_clip_name, protocol)
     manifest = onnx_export.export_onnx(model, tmp_path)
     assert manifest["protocol"] == protocol
-    results = onnx_export.check_onnx_export(model, tmp_path, SIZES[tiny_clip_name], VOCABULARIES)
-    assert len(results) == len(SIZES[tiny_clip_name]) * len(VOCABULARIES)
-    assert {r["classes"] for r in results} == {3, 7}
+    sizes = SIZES[tiny_clip_name]
+    # Every size with one vocabulary, another vocabulary (more classes) on one size.
+    results = onnx_export.check_onnx_export(model, tmp_path, sizes, VOCABULARIES[:1])
+    results += onnx_export.check_onnx_export(model, tmp_path, sizes[-1:], VOCABULARIES[1:])
+    assert [r["classes"] for r in results] == [3] * len(sizes) + [7]
     assert _worst(results) <= TOLERANCE, results
 
 

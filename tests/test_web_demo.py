@@ -102,6 +102,37 @@ def test_default_vocabulary_and_examples(app_module, toy_predictor, tmp_path):
     assert np.array_equal(first, generate_toyworld(1, image_size=96, split="test").images[0])
 
 
+def test_model_sources(app_module, tmp_path):
+    """No arguments: toy-clip without weights; a checkpoint path: its run's config and weights;
+    --config-file with --weights; contradictory or missing sources are errors."""
+    import torch
+    from detectron2.modeling import build_model
+    from test_meta_arch import tiny_cfg
+
+    from pixelclip.checkpoint import PixelCLIPCheckpointer
+
+    parse = app_module.build_parser().parse_args
+    predictor, title = app_module.load_predictor(parse([]))
+    assert predictor.cfg.MODEL.CLIP.MODEL_NAME == "toy-clip" and "plain CLIP" in title
+    cfg = tiny_cfg()
+    torch.manual_seed(4)
+    trained = build_model(cfg).eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(cfg.dump())
+    PixelCLIPCheckpointer(trained, str(run)).save("model_final")
+    weights = str(run / "model_final.pth")
+    for argv in ([weights], ["--config-file", str(run / "config.yaml"), "--weights", weights]):
+        predictor, title = app_module.load_predictor(parse(argv))
+        assert title == "Model: `model_final.pth`"
+        for key, value in predictor.model.state_dict().items():
+            assert torch.equal(value, trained.state_dict()[key]), key
+    with pytest.raises(ValueError, match="not both"):
+        app_module.load_predictor(parse([weights, "--weights", weights]))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        app_module.load_predictor(parse([str(tmp_path / "elsewhere" / "model.pth")]))
+
+
 # ------------------------------------------------------------------------------ the browser
 def _require_browser() -> None:
     """Skip only where the browser is missing outside CI; CI must run this test."""

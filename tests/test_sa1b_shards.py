@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -17,8 +18,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from data_factory import encode
+from data_factory import encode, write_sample
 from detectron2.config import get_cfg
+from detectron2.data.detection_utils import read_image
 from PIL import Image
 from shard_factory import add_member, pack, write_sa1b_shards
 
@@ -239,28 +241,32 @@ def test_resume_continues_exactly_without_reading_what_was_done(tmp_path, monkey
 
 
 # --------------------------------------------------------------------------------- downscale
-def test_downscale_reads_the_masks_through_the_same_resize(tmp_path):
-    """On-the-fly downscale (JPEG draft at 1/2, then resize to the shortest edge 96) gives what
-    the mapper gives on a pre-downscaled sample: that image (lossless PNG) and every mask resized
-    with PIL NEAREST and encoded again."""
-    paths, samples = write_sa1b_shards(tmp_path, {"sa_000000": 1}, height=240, width=360,
-                                       num_masks=8)  # fmt: skip
-    d = next(read_shard(str(paths[0]), 0, 1))
-    on_the_fly = SA1BDatasetMapper(_cfg(**{"DATASETS.SA1B.SHARDS": str(paths[0])}), is_train=True)
+@pytest.mark.parametrize("orientation", [None, 6])
+def test_downscale_reads_the_masks_through_the_same_resize(tmp_path, orientation):
+    """On-the-fly downscale (JPEG decoded at 1/2, then resized to the shortest edge 96) gives
+    what the mapper gives on a pre-downscaled sample: that image (lossless PNG) and every mask
+    resized with PIL NEAREST and encoded again; also for an EXIF-rotated JPEG (orientation 6:
+    stored 240 x 360, masks on the upright 360 x 240)."""
+    s = write_sample(tmp_path / "x", "sa_1", 240, 360, num_masks=8, exif_orientation=orientation)
+    members = [(Path(s[k]).name, Path(s[k]).read_bytes()) for k in ("file_name", "annotation_file")]
+    d = next(read_shard(str(pack(tmp_path / "s.tar", members)), 0, 1))
+    (h, w), (small_h, small_w) = ((360, 240), (144, 96)) if orientation else ((240, 360), (96, 144))
+    on_the_fly = SA1BDatasetMapper(_cfg(**{"DATASETS.SA1B.SHARDS": "x"}), is_train=True)
     assert on_the_fly.downscale_to == (96, 256)
     image, (resize,) = on_the_fly._decode(io.BytesIO(d["image_bytes"]))
-    assert image.shape == (96, 144, 3) and (resize.h, resize.w) == (240, 360)
+    assert image.shape == (small_h, small_w, 3) and (resize.h, resize.w) == (h, w)
+    full = read_image(s["file_name"], format="RGB")  # EXIF applied
+    assert not np.array_equal(image, resize.apply_image(full))  # decoded at 1/2, not at full size
     ref = tmp_path / "ref"
     ref.mkdir()
     Image.fromarray(image).save(ref / "sa_1.png")
     small = np.stack([
-        np.asarray(Image.fromarray(m.astype(np.uint8)).resize((144, 96), Image.NEAREST)) > 0
-        for m in samples[0]["masks"]
-    ])  # fmt: skip
-    (ref / "sa_1.json").write_text(
-        json.dumps({"annotations": [{"segmentation": s} for s in encode(small)]})
-    )
-    plain = SA1BDatasetMapper(_cfg(), is_train=True)
+        np.asarray(Image.fromarray(m.astype(np.uint8)).resize((small_w, small_h), Image.NEAREST))
+        for m in s["masks"]
+    ]) > 0  # fmt: skip
+    record = {"annotations": [{"segmentation": seg} for seg in encode(small)]}
+    (ref / "sa_1.json").write_text(json.dumps(record))
+    plain = _mapper()
     assert plain.downscale_to is None
     for seed in range(3):
         np.random.seed(seed)
@@ -268,7 +274,7 @@ def test_downscale_reads_the_masks_through_the_same_resize(tmp_path):
         np.random.seed(seed)
         b = plain({"file_name": str(ref / "sa_1.png"), "annotation_file": str(ref / "sa_1.json")})
         assert _same(a, b) and a["masks"].any(), seed
-        assert (a["height"], a["width"]) == (240, 360)  # the original size
+        assert (a["height"], a["width"]) == (h, w)  # the original (upright) size
 
 
 def test_downscale_changes_nothing_when_no_scaled_decoding_applies(tmp_path):
@@ -335,7 +341,7 @@ def test_bad_shards_and_members_are_logged_and_skipped(tmp_path, caplog):
     assert used <= {"sa_1", "sa_2", "sa_3"} and "sa_3" in used  # sa_3 of "unpaired" only
     logs = caplog.text
     assert "truncated.tar: member sa_3.json is truncated (100 of" in logs
-    assert "unpaired.tar: member sa_2.jpg (.json missing) has no pair" in logs
+    assert "unpaired.tar: member sa_2.jpg has no .json" in logs
     assert "corrupt.tar:sa_3.jpg: cannot read the image" in logs
     assert "corrupt.tar:sa_4.json: cannot read the annotation JSON" in logs
 
@@ -435,3 +441,56 @@ def test_bad_positions_take_the_next_good_sample_reproducibly(tmp_path, caplog):
     resumed.start_at(2)  # inside the run of bad positions
     again = _keys(resumed, 3)
     assert all(_same(a, b) for a, b in zip(again, full[2:]))
+
+
+def test_a_repeated_member_and_a_lone_json_are_bad_samples_of_their_own(tmp_path):
+    _, samples = write_sa1b_shards(tmp_path, {"sa_000000": 2})
+    (jpg1, json1), (jpg2, json2) = zip(*[iter(_members(samples))] * 2)
+    members = [jpg1, jpg1, ("notes.txt", b"x"), json1, json2, jpg2, ("sa_9.json", b"{}")]
+    path = pack(tmp_path / "odd.tar", members)
+    assert scan_shard(str(path)) == sa1b_shards.ShardScan(4)
+    got = list(read_shard(str(path), 0, 4))
+    assert got[0]["bad_sample"].endswith("member sa_1.jpg has no .json before the next sa_1.jpg")
+    assert "bad_sample" not in got[1] and got[1]["image_id"] == "sa_1"
+    assert "bad_sample" not in got[2] and got[2]["image_id"] == "sa_2"  # JSON before its image
+    assert got[3]["bad_sample"].endswith("odd.tar: member sa_9.json has no image")
+
+
+def _train(out: Path, shards: Path, *extra: str) -> str:
+    """tools/train_net.py, one CPU process with two data-loader workers; killed on a timeout."""
+    config = REPO / "configs" / "quick_schedules" / "pixelclip_tiny_vit_cpu.yaml"
+    overrides = {"OUTPUT_DIR": out, "DATASETS.SA1B.SHARDS": shards, "SOLVER.MAX_ITER": 6,
+                 "SOLVER.CHECKPOINT_PERIOD": 3, "DATASETS.TEST": "()",
+                 "DATALOADER.NUM_WORKERS": 2}  # fmt: skip
+    argv = [sys.executable, str(REPO / "tools" / "train_net.py"), *extra, "--config-file",
+            str(config), *(str(v) for kv in overrides.items() for v in kv)]  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        log, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=60)
+    assert proc.returncode == 0, log[-3000:]
+    return log
+
+
+@pytest.mark.slow
+def test_training_with_workers_resumes_to_the_same_weights(tmp_path):
+    """Through tools/train_net.py with two data-loader workers: a run resumed from the checkpoint
+    of iteration 2 ends with the uninterrupted run's weights, bit for bit."""
+    write_sa1b_shards(tmp_path / "shards", {f"sa_00000{i}": 3 for i in range(4)}, 80, 120)
+    log = _train(tmp_path / "full", tmp_path / "shards")
+    assert "12 samples, 2 streams (1 processes x 2 workers)" in log
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(tmp_path / "full" / "model_0000002.pth", resumed)
+    (resumed / "last_checkpoint").write_text("model_0000002.pth")
+    log = _train(resumed, tmp_path / "shards", "--resume")
+    assert "Starting training from iteration 3" in log and "data stream at image 6" in log
+    a = torch.load(tmp_path / "full" / "model_final.pth", weights_only=True)["model"]
+    b = torch.load(resumed / "model_final.pth", weights_only=True)["model"]
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -390,7 +390,11 @@ class SA1BDatasetMapper:
         with Image.open(source) as im:
             resize = None
             if self.downscale_to is not None:
-                turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation swaps h, w
+                try:  # as detectron2's read_image: an unreadable EXIF block is no orientation
+                    orientation = im.getexif().get(0x0112)
+                except Exception:
+                    orientation = None
+                turned = orientation in (5, 6, 7, 8)  # EXIF orientation swaps h, w
                 h, w = im.size if turned else im.size[::-1]
                 new_h, new_w = T.ResizeShortestEdge.get_output_shape(h, w, *self.downscale_to)
                 if new_h * new_w < h * w:

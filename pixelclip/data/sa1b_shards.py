@@ -173,20 +173,17 @@ class _ShardSamples:
         pending: dict[str, _Sample] = {}
         try:
             for info, key, suffix in self._members():
-                slot = (
-                    "image"
-                    if suffix in IMAGE_SUFFIXES
-                    else "annotation"
-                    if suffix == "json"
-                    else ""
-                )
-                if not slot:
+                if suffix in IMAGE_SUFFIXES:
+                    slot = "image"
+                elif suffix == "json":
+                    slot = "annotation"
+                else:
                     continue
                 sample = pending.get(key)
                 if sample is not None and getattr(sample, slot) is not None:
                     # A second image (or JSON) of a key before its pair: the first is alone.
                     del pending[key]
-                    sample.problem = f"{self._name(sample)} has no pair before {info.name}"
+                    sample.problem = f"{self._unpaired(sample)} before the next {info.name}"
                     yield sample
                     sample = None
                 if sample is None:
@@ -205,15 +202,15 @@ class _ShardSamples:
         except (tarfile.TarError, OSError, EOFError) as e:
             self.error = f"{type(e).__name__}: {e}"
         for sample in pending.values():
-            sample.problem = f"{self._name(sample)} has no pair" + (
+            sample.problem = self._unpaired(sample) + (
                 " (the shard ends early)" if self.error else ""
             )
             yield sample
 
-    def _name(self, sample: _Sample) -> str:
+    @staticmethod
+    def _unpaired(sample: _Sample) -> str:
         member = sample.image or sample.annotation
-        wanted = ".json" if sample.annotation is None else "image (.jpg)"
-        return f"member {member.name} ({wanted} missing)"
+        return f"member {member.name} has no {'.json' if sample.annotation is None else 'image'}"
 
     def _check_end(self) -> None:
         """tarfile stops silently at a corrupt header after the first member: the bytes after the

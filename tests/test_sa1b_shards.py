@@ -494,3 +494,16 @@ def test_training_with_workers_resumes_to_the_same_weights(tmp_path):
     a = torch.load(tmp_path / "full" / "model_final.pth", weights_only=True)["model"]
     b = torch.load(resumed / "model_final.pth", weights_only=True)["model"]
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_the_data_seed_restored_from_a_checkpoint_reaches_the_stream(tmp_path):
+    """A SEED -1 run resumes with the seed it drew: DeterministicResumeHook sets it on the stream
+    (which takes the sampler's place) before the loader starts."""
+    from pixelclip.engine.resume import DeterministicResumeHook
+
+    paths, _ = write_sa1b_shards(tmp_path, {f"sa_00000{i}": 2 for i in range(4)})
+    shards, counts = [str(p) for p in paths], [2] * 4
+    resumed = _key_stream(shards, counts, seed=987)  # the seed this new process drew
+    DeterministicResumeHook(resumed, 1, 987).load_state_dict({"data_seed": 1234})
+    original = _keys(_key_stream(shards, counts, seed=1234), 24)  # 3 epochs
+    assert _keys(resumed, 24) == original != _keys(_key_stream(shards, counts, seed=987), 24)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pixelclip.cli_help import HelpFormatter
+
 REPO = Path(__file__).resolve().parents[1]
 # Allow `python demo/app.py` from a checkout without installing the package. Heavy imports
 # (torch, detectron2, gradio) happen in main() so that --help answers at once.
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__[__doc__.index("Without weights") :],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "checkpoint", nargs="?", help="A checkpoint (.pth) with the run's config.yaml beside it."

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pixelclip.cli_help import HelpFormatter
+
 # Allow `python demo/demo.py` from a checkout without installing the package. Heavy imports
 # (torch, detectron2, cv2) happen in main() so that --help answers at once.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "free vocabulary; writes detectron2 Visualizer overlays as PNG files (one per image, "
         "named after the input) or an overlay video.",
         epilog=__doc__[__doc__.index("Examples::") :].replace("::", ":"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--config-file", required=True, metavar="FILE", help="PixelCLIP config YAML."

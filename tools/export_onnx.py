@@ -28,6 +28,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pixelclip.cli_help import HelpFormatter
+
 # Allow `python tools/export_onnx.py` from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=__doc__[__doc__.index("Examples::") :].replace("::", ":"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     graphs = commands.add_parser("graphs", help="write image.onnx, head.onnx and check them")

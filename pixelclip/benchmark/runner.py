@@ -48,6 +48,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..cli_help import HelpFormatter
 from .common import FULL, QUICK, REPO, machine_description, peak_rss_mb
 from .infer import bench_infer
 from .mapper import bench_mapper, write_sa1b_sample
@@ -204,9 +205,7 @@ def select_specs(patterns: list[str] | None, profile: bool) -> list[str]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--only", nargs="+", metavar="NAME", help="benchmarks or prefixes to run")
     p.add_argument("--profile", action="store_true", help="add the per-phase step profiles")
     p.add_argument("--quick", action="store_true", help="tiny models and sizes (smoke test)")

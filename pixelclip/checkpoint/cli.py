@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli_help import HelpFormatter
 from .open_clip_export import open_clip_verifier, resolve_logit_scale, to_open_clip_state_dict
 from .reference import (
     check_state_dict_matches,
@@ -97,7 +98,7 @@ def parse_export_clip_args(argv: Sequence[str] | None = None) -> argparse.Namesp
     parser = argparse.ArgumentParser(
         description=EXPORT_CLIP_HELP.split("\n\n")[0],
         epilog=EXPORT_CLIP_HELP.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "checkpoint",
@@ -184,7 +185,7 @@ def parse_convert_reference_args(argv: Sequence[str] | None = None) -> argparse.
     parser = argparse.ArgumentParser(
         description=CONVERT_REFERENCE_HELP.split("\n\n")[0],
         epilog=CONVERT_REFERENCE_HELP.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("input", metavar="IN", help="reference checkpoint (.pth or .safetensors)")
     parser.add_argument(

@@ -40,6 +40,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from ..cli_help import HelpFormatter
 from .masks import pil_nearest_indices, rle_counts, sample_rle_masks
 from .sa1b import list_sa1b_images
 
@@ -48,7 +49,7 @@ MASK_CHUNK = 16  # masks re-encoded per chunk, bounds the memory of large images
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--src", required=True, help="SA-1B root to read")
     p.add_argument("--dst", required=True, help="output root (same layout)")
     p.add_argument("--factor", type=float, default=2.0, help="downscale factor (> 1), default 2")

@@ -41,6 +41,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import load_weights, merge_config_file
+from ..cli_help import HelpFormatter
 from ..config import add_pixelclip_config
 from ..config_checks import validate_config
 from ..engine import Trainer
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tools/evaluate_all.py",
         description=__doc__.split("\n\n", 1)[0],
         epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="config YAML")
     model = parser.add_mutually_exclusive_group(required=True)

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cli_help import HelpFormatter
 from ..data.sa1b import printable_path
 from .writer import IMAGE_EXTENSIONS, MaskFn, find_images, generate_masks, output_paths
 
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one SA-1B-format JSON per image.",
         epilog="Exit code: 0, or 1 if every image failed or (--strict) any image failed; "
         "2 for usage errors.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     io = p.add_argument_group("input / output")
     io.add_argument(

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from ..cli_help import HelpFormatter
 from ..modeling.clip import create_clip
 from ..modeling.dense import build_dense_encoder
 from .world import TOYWORLD_CLASSES, TOYWORLD_STUFF, write_toyworld
@@ -252,7 +253,7 @@ def evaluate_dense(model, tokenizer, images, labels, template: str, variant="ref
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--root", default="", help="ToyWorld folder, built if absent (<output>/world)")
     ap.add_argument("--output", default="output/toy_clip", help="folder for weights + log JSON")
     ap.add_argument("--model-name", default="toy-clip")

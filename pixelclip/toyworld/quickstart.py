@@ -42,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli_help import HelpFormatter
 from .report import predict, summarise, to_markdown, write_grid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ap.add_argument("--output-dir", default="output/quickstart", help="folder of all outputs")
     ap.add_argument("--world-dir", default="", help="ToyWorld folder (default: see step 1)")

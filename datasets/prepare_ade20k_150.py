@@ -17,8 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from pixelclip.data import prepare_utils as pu
 
 DATASET_DIR = "ADEChallengeData2016"
@@ -28,69 +26,26 @@ NUM_CLASSES = 150
 LUT = pu.lookup_table({k: k - 1 for k in range(1, NUM_CLASSES + 1)})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--release",
-        type=Path,
-        default=None,
-        help=f"extracted ADEChallengeData2016 folder (with images/ and annotations/); "
-        f"default: <root>/{DATASET_DIR}",
-    )
-    parser.add_argument(
-        "--split",
-        choices=sorted(EXPECTED_IMAGES),
-        default="validation",
-        help="split to convert (default: validation, the 2000-image benchmark)",
-    )
-    pu.add_common_args(parser)
-    return parser
+convert_label = pu.lut_converter(LUT)
 
 
-def convert_label(sample: pu.Sample) -> list[np.ndarray]:
-    """Raw ADE annotation -> [(H, W) uint8 labels in 0..149 / 255]."""
-    return [pu.apply_lut(pu.read_label_image(sample.label_src), LUT, sample.label_src)]
+def plan(args: argparse.Namespace, root: Path) -> pu.Conversion:
+    release = args.release if args.release is not None else root / DATASET_DIR
+    hint = "Extract ADEChallengeData2016.zip."
+    image_dir = pu.require_dir(release / "images" / args.split, "ADE20K images", hint)
+    ann_dir = pu.require_dir(release / "annotations" / args.split, "ADE20K annotations", hint)
+    labels = sorted(ann_dir.glob("*.png"))
+    samples = pu.samples_from_labels(labels, image_dir, root / DATASET_DIR, args.split)
+    what = f"ADE20K-150 {args.split}"
+    return pu.Conversion(what, samples, convert_label, EXPECTED_IMAGES[args.split])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    root = pu.resolve_root(args.root)
-    release = args.release if args.release is not None else root / DATASET_DIR
-    out = root / DATASET_DIR
-    try:
-        image_dir = pu.require_dir(
-            release / "images" / args.split, "ADE20K images", "Extract ADEChallengeData2016.zip."
-        )
-        ann_dir = pu.require_dir(
-            release / "annotations" / args.split,
-            "ADE20K annotations",
-            "Extract ADEChallengeData2016.zip.",
-        )
-    except FileNotFoundError as e:
-        parser.error(str(e))
-    label_files = sorted(ann_dir.glob("*.png"))
-    samples = [
-        pu.Sample(
-            key=f.stem,
-            image_src=image_dir / f"{f.stem}.jpg",
-            image_dst=out / "images" / args.split / f"{f.stem}.jpg",
-            label_src=f,
-            label_dsts=(out / "annotations_detectron2" / args.split / f.name,),
-        )
-        for f in label_files
-    ]
-    summary = pu.convert_samples(
-        samples,
-        convert_label,
-        link_mode=args.link_mode,
-        overwrite=args.overwrite,
-        desc=f"ADE20K-150 {args.split}",
-        progress=not args.quiet,
-    )
-    return pu.report(summary, EXPECTED_IMAGES[args.split], f"ADE20K-150 {args.split}", args.strict)
+    """Convert the labels; 0 on success, 2 for a count mismatch with --strict."""
+    release = "extracted ADEChallengeData2016 folder (with images/ and annotations/); default: "
+    folders = {"--release": release + f"<root>/{DATASET_DIR}"}
+    parser = pu.build_parser(__doc__, EXPECTED_IMAGES, "validation", folders)
+    return pu.run(parser, argv, plan)
 
 
 if __name__ == "__main__":

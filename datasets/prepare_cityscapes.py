@@ -21,8 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from pixelclip.data import prepare_utils as pu
 
 DATASET_DIR = "cityscapes"
@@ -57,44 +55,15 @@ ID_TO_TRAIN_ID = {
 LUT = pu.lookup_table(ID_TO_TRAIN_ID)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--release",
-        type=Path,
-        default=None,
-        help=f"extracted Cityscapes folder (with leftImg8bit/ and gtFine/); "
-        f"default: <root>/{DATASET_DIR}",
-    )
-    parser.add_argument(
-        "--split",
-        choices=sorted(EXPECTED_IMAGES),
-        default="val",
-        help="split to convert (default: val, the 500-image benchmark)",
-    )
-    pu.add_common_args(parser)
-    return parser
+convert_label = pu.lut_converter(LUT)
 
 
-def convert_label(sample: pu.Sample) -> list[np.ndarray]:
-    """labelIds PNG -> [(H, W) uint8 train ids in 0..18 / 255]."""
-    return [pu.apply_lut(pu.read_label_image(sample.label_src), LUT, sample.label_src)]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    root = pu.resolve_root(args.root)
+def plan(args: argparse.Namespace, root: Path) -> pu.Conversion:
     release = args.release if args.release is not None else root / DATASET_DIR
     out = root / DATASET_DIR
     hint = "Extract leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into one folder."
-    try:
-        image_dir = pu.require_dir(release / "leftImg8bit" / args.split, "Cityscapes images", hint)
-        gt_dir = pu.require_dir(release / "gtFine" / args.split, "Cityscapes gtFine", hint)
-    except FileNotFoundError as e:
-        parser.error(str(e))
+    image_dir = pu.require_dir(release / "leftImg8bit" / args.split, "Cityscapes images", hint)
+    gt_dir = pu.require_dir(release / "gtFine" / args.split, "Cityscapes gtFine", hint)
     samples = []
     for f in sorted(gt_dir.glob(f"*/*{LABEL_SUFFIX}")):
         city, stem = f.parent.name, f.name[: -len(LABEL_SUFFIX)]
@@ -107,15 +76,15 @@ def main(argv: list[str] | None = None) -> int:
                 label_dsts=(out / "gtFine" / args.split / city / f"{stem}{TRAIN_ID_SUFFIX}",),
             )
         )
-    summary = pu.convert_samples(
-        samples,
-        convert_label,
-        link_mode=args.link_mode,
-        overwrite=args.overwrite,
-        desc=f"Cityscapes {args.split}",
-        progress=not args.quiet,
-    )
-    return pu.report(summary, EXPECTED_IMAGES[args.split], f"Cityscapes {args.split}", args.strict)
+    what = f"Cityscapes {args.split}"
+    return pu.Conversion(what, samples, convert_label, EXPECTED_IMAGES[args.split])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert the labels; 0 on success, 2 for a count mismatch with --strict."""
+    release = "extracted Cityscapes folder (with leftImg8bit/ and gtFine/); default: "
+    folders = {"--release": release + f"<root>/{DATASET_DIR}"}
+    return pu.run(pu.build_parser(__doc__, EXPECTED_IMAGES, "val", folders), argv, plan)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from pixelclip.data import prepare_utils as pu
 
 DATASET_DIR = "coco-stuff"
@@ -35,76 +33,32 @@ NUM_CLASSES = 171
 LUT = pu.lookup_table({v: k for k, v in enumerate(USED_PNG_VALUES)})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="folder of the split's COCO images (*.jpg); "
-        f"default: <root>/{DATASET_DIR}/images/<split>",
-    )
-    parser.add_argument(
-        "--stuffthingmaps",
-        type=Path,
-        default=None,
-        help="folder of the split's official stuffthingmaps PNGs; "
-        f"default: <root>/{DATASET_DIR}/annotations/<split>",
-    )
-    parser.add_argument(
-        "--split",
-        choices=sorted(EXPECTED_IMAGES),
-        default="val2017",
-        help="split to convert (default: val2017, the 5000-image benchmark)",
-    )
-    pu.add_common_args(parser)
-    return parser
+convert_label = pu.lut_converter(LUT)
 
 
-def convert_label(sample: pu.Sample) -> list[np.ndarray]:
-    """stuffthingmaps PNG -> [(H, W) uint8 labels in 0..170 / 255]."""
-    return [pu.apply_lut(pu.read_label_image(sample.label_src), LUT, sample.label_src)]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    root = pu.resolve_root(args.root)
+def plan(args: argparse.Namespace, root: Path) -> pu.Conversion:
     out = root / DATASET_DIR
     images = args.images if args.images is not None else out / "images" / args.split
     maps = args.stuffthingmaps
     if maps is None:
         maps = out / "annotations" / args.split
-    try:
-        pu.require_dir(images, "COCO images", "Pass --images (e.g. the extracted val2017.zip).")
-        pu.require_dir(
-            maps,
-            "COCO-Stuff stuffthingmaps",
-            "Pass --stuffthingmaps (the split folder of stuffthingmaps_trainval2017.zip).",
-        )
-    except FileNotFoundError as e:
-        parser.error(str(e))
-    samples = [
-        pu.Sample(
-            key=f.stem,
-            image_src=images / f"{f.stem}.jpg",
-            image_dst=out / "images" / args.split / f"{f.stem}.jpg",
-            label_src=f,
-            label_dsts=(out / "annotations_detectron2" / args.split / f.name,),
-        )
-        for f in sorted(maps.glob("*.png"))
-    ]
-    summary = pu.convert_samples(
-        samples,
-        convert_label,
-        link_mode=args.link_mode,
-        overwrite=args.overwrite,
-        desc=f"COCO-Stuff {args.split}",
-        progress=not args.quiet,
-    )
-    return pu.report(summary, EXPECTED_IMAGES[args.split], f"COCO-Stuff {args.split}", args.strict)
+    pu.require_dir(images, "COCO images", "Pass --images (e.g. the extracted val2017.zip).")
+    hint = "Pass --stuffthingmaps (the split folder of stuffthingmaps_trainval2017.zip)."
+    pu.require_dir(maps, "COCO-Stuff stuffthingmaps", hint)
+    samples = pu.samples_from_labels(sorted(maps.glob("*.png")), images, out, args.split)
+    what = f"COCO-Stuff {args.split}"
+    return pu.Conversion(what, samples, convert_label, EXPECTED_IMAGES[args.split])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert the labels; 0 on success, 2 for a count mismatch with --strict."""
+    folders = {
+        "--images": "folder of the split's COCO images (*.jpg); "
+        f"default: <root>/{DATASET_DIR}/images/<split>",
+        "--stuffthingmaps": "folder of the split's official stuffthingmaps PNGs; "
+        f"default: <root>/{DATASET_DIR}/annotations/<split>",
+    }
+    return pu.run(pu.build_parser(__doc__, EXPECTED_IMAGES, "val2017", folders), argv, plan)
 
 
 if __name__ == "__main__":

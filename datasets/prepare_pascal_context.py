@@ -54,40 +54,6 @@ LUT_PC60 = pu.lookup_table(
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--voc",
-        type=Path,
-        default=None,
-        help="extracted VOC2010 folder (with JPEGImages/ and ImageSets/); "
-        f"default: <root>/{DATASET_DIR}",
-    )
-    parser.add_argument(
-        "--context",
-        type=Path,
-        default=None,
-        help="folder of the Context .mat files (the trainval/ folder of trainval.tar.gz); "
-        "default: <voc>/trainval",
-    )
-    parser.add_argument(
-        "--split-file",
-        type=Path,
-        default=None,
-        help="text file of image ids to convert; default: <voc>/ImageSets/Main/<split>.txt",
-    )
-    parser.add_argument(
-        "--split",
-        choices=sorted(EXPECTED_IMAGES),
-        default="val",
-        help="split to convert (default: val, the 5105-image benchmark)",
-    )
-    pu.add_common_args(parser)
-    return parser
-
-
 def read_label_map(path: Path) -> np.ndarray:
     """Read the (H, W) 459-class ``LabelMap`` of a Context .mat file."""
     try:
@@ -103,54 +69,37 @@ def read_label_map(path: Path) -> np.ndarray:
     return label.astype(np.int64)
 
 
-def convert_label(sample: pu.Sample) -> list[np.ndarray]:
-    """Context .mat -> [Context-59 labels, Context-60 labels], each (H, W) uint8."""
-    full = read_label_map(sample.label_src)
-    return [pu.apply_lut(full, LUT_PC59, sample.label_src), pu.apply_lut(full, LUT_PC60)]
+convert_label = pu.lut_converter(LUT_PC59, LUT_PC60, read=read_label_map)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    root = pu.resolve_root(args.root)
+def plan(args: argparse.Namespace, root: Path) -> pu.Conversion:
     voc = args.voc if args.voc is not None else root / DATASET_DIR
     context = args.context if args.context is not None else voc / "trainval"
     split_file = args.split_file or voc / "ImageSets" / "Main" / f"{args.split}.txt"
     out = root / DATASET_DIR
-    try:
-        pu.require_dir(
-            voc / "JPEGImages", "VOC2010 JPEGImages", "Extract VOCtrainval_03-May-2010.tar."
-        )
-        pu.require_dir(
-            context, "Pascal-Context .mat folder", "Extract trainval.tar.gz and pass --context."
-        )
-        ids = pu.read_id_list(split_file)
-    except FileNotFoundError as e:
-        parser.error(str(e))
-    ann = out / "annotations_detectron2"
-    samples = [
-        pu.Sample(
-            key=i,
-            image_src=voc / "JPEGImages" / f"{i}.jpg",
-            image_dst=out / "JPEGImages" / f"{i}.jpg",
-            label_src=context / f"{i}.mat",
-            label_dsts=(
-                ann / f"pc59_{args.split}" / f"{i}.png",
-                ann / f"pc60_{args.split}" / f"{i}.png",
-            ),
-        )
-        for i in ids
-    ]
-    summary = pu.convert_samples(
-        samples,
-        convert_label,
-        link_mode=args.link_mode,
-        overwrite=args.overwrite,
-        desc=f"Pascal-Context {args.split}",
-        progress=not args.quiet,
+    pu.require_dir(voc / "JPEGImages", "VOC2010 JPEGImages", "Extract VOCtrainval_03-May-2010.tar.")
+    hint = "Extract trainval.tar.gz and pass --context."
+    pu.require_dir(context, "Pascal-Context .mat folder", hint)
+    ids = pu.read_id_list(split_file)
+    labels = [out / "annotations_detectron2" / f"pc{n}_{args.split}" for n in (59, 60)]
+    samples = pu.samples_from_ids(
+        ids, voc / "JPEGImages", out / "JPEGImages", lambda i: context / f"{i}.mat", labels
     )
     expected = EXPECTED_IMAGES[args.split] if args.split_file is None else None
-    return pu.report(summary, expected, f"Pascal-Context {args.split}", args.strict)
+    return pu.Conversion(f"Pascal-Context {args.split}", samples, convert_label, expected)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert the labels; 0 on success, 2 for a count mismatch with --strict."""
+    folders = {
+        "--voc": f"extracted VOC2010 folder (with JPEGImages/ and ImageSets/); default: "
+        f"<root>/{DATASET_DIR}",
+        "--context": "folder of the Context .mat files (the trainval/ folder of trainval.tar.gz); "
+        "default: <voc>/trainval",
+        "--split-file": "text file of image ids to convert; "
+        "default: <voc>/ImageSets/Main/<split>.txt",
+    }
+    return pu.run(pu.build_parser(__doc__, EXPECTED_IMAGES, "val", folders), argv, plan)
 
 
 if __name__ == "__main__":

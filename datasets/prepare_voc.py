@@ -24,8 +24,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from pixelclip.data import prepare_utils as pu
 
 DATASET_DIR = "VOCdevkit/VOC2012"
@@ -34,69 +32,33 @@ LUT_VOC20 = pu.lookup_table({k: k - 1 for k in range(1, 21)})
 LUT_VOC21 = pu.lookup_table({k: k for k in range(0, 21)})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--voc",
-        type=Path,
-        default=None,
-        help=f"extracted VOC2012 folder (with JPEGImages/, ImageSets/, SegmentationClass/); "
-        f"default: <root>/{DATASET_DIR}",
-    )
-    parser.add_argument(
-        "--split",
-        choices=sorted(EXPECTED_IMAGES),
-        default="val",
-        help="split to convert (default: val, the 1449-image benchmark)",
-    )
-    pu.add_common_args(parser)
-    return parser
+convert_label = pu.lut_converter(LUT_VOC20, LUT_VOC21)
 
 
-def convert_label(sample: pu.Sample) -> list[np.ndarray]:
-    """SegmentationClass PNG -> [VOC-20 labels, VOC-21 labels], each (H, W) uint8."""
-    raw = pu.read_label_image(sample.label_src)
-    return [pu.apply_lut(raw, LUT_VOC20, sample.label_src), pu.apply_lut(raw, LUT_VOC21)]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    root = pu.resolve_root(args.root)
+def plan(args: argparse.Namespace, root: Path) -> pu.Conversion:
     voc = args.voc if args.voc is not None else root / DATASET_DIR
     out = root / DATASET_DIR
     hint = "Extract VOCtrainval_11-May-2012.tar and pass --voc .../VOCdevkit/VOC2012."
-    try:
-        pu.require_dir(voc / "SegmentationClass", "VOC SegmentationClass", hint)
-        pu.require_dir(voc / "JPEGImages", "VOC JPEGImages", hint)
-        ids = pu.read_id_list(voc / "ImageSets" / "Segmentation" / f"{args.split}.txt")
-    except FileNotFoundError as e:
-        parser.error(str(e))
-    ann = out / "annotations_detectron2"
-    samples = [
-        pu.Sample(
-            key=i,
-            image_src=voc / "JPEGImages" / f"{i}.jpg",
-            image_dst=out / "JPEGImages" / f"{i}.jpg",
-            label_src=voc / "SegmentationClass" / f"{i}.png",
-            label_dsts=(
-                ann / f"voc20_{args.split}" / f"{i}.png",
-                ann / f"voc21_{args.split}" / f"{i}.png",
-            ),
-        )
-        for i in ids
-    ]
-    summary = pu.convert_samples(
-        samples,
-        convert_label,
-        link_mode=args.link_mode,
-        overwrite=args.overwrite,
-        desc=f"VOC2012 {args.split}",
-        progress=not args.quiet,
+    pu.require_dir(voc / "SegmentationClass", "VOC SegmentationClass", hint)
+    pu.require_dir(voc / "JPEGImages", "VOC JPEGImages", hint)
+    ids = pu.read_id_list(voc / "ImageSets" / "Segmentation" / f"{args.split}.txt")
+    labels = [out / "annotations_detectron2" / f"voc{n}_{args.split}" for n in (20, 21)]
+    samples = pu.samples_from_ids(
+        ids,
+        voc / "JPEGImages",
+        out / "JPEGImages",
+        lambda i: voc / "SegmentationClass" / f"{i}.png",
+        labels,
     )
-    return pu.report(summary, EXPECTED_IMAGES[args.split], f"Pascal VOC {args.split}", args.strict)
+    what = f"Pascal VOC {args.split}"
+    return pu.Conversion(what, samples, convert_label, EXPECTED_IMAGES[args.split])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert the labels; 0 on success, 2 for a count mismatch with --strict."""
+    voc = "extracted VOC2012 folder (with JPEGImages/, ImageSets/, SegmentationClass/); default: "
+    folders = {"--voc": voc + f"<root>/{DATASET_DIR}"}
+    return pu.run(pu.build_parser(__doc__, EXPECTED_IMAGES, "val", folders), argv, plan)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,21 @@ def test_dependencies_run_one_way(sub, forbidden):
         if name == target or name.startswith(target + ".")
     ]
     assert not bad, f"pixelclip/{sub} must not import {target}:\n" + "\n".join(bad)
+
+
+# tools/install_detectron2.py runs before the package (or detectron2) is installed: it cannot
+# import pixelclip, so its repacking logic stays in the script.
+STANDALONE_TOOLS = {"install_detectron2.py"}
+MAX_TOOL_LINES = 150
+
+
+def test_tools_are_thin_scripts():
+    tools = sorted((REPO / "tools").glob("*.py"))
+    assert tools
+    long = {
+        p.name: n
+        for p in tools
+        if p.name not in STANDALONE_TOOLS
+        and (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_TOOL_LINES
+    }
+    assert not long, f"tools/ holds library logic (lines per script): {long}; move it to pixelclip/"

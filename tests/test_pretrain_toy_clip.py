@@ -88,32 +88,11 @@ def test_miou_by_hand():
 @pytest.mark.slow
 def test_end_to_end_writes_loadable_weights_and_log(tmp_path):
     root, out = tmp_path / "world", tmp_path / "out"
-    result = pretrain.main(
-        [
-            "--root",
-            str(root),
-            "--output",
-            str(out),
-            "--model-name",
-            "tiny-vit",
-            "--model-config",
-            str(REPO / "configs/clip_models/tiny-vit.json"),
-            "--num-train",
-            "8",
-            "--num-dev",
-            "4",
-            "--num-test",
-            "2",
-            "--image-size",
-            "64",
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--precision",
-            "fp32",
-        ]
-    )
+    config = str(REPO / "configs/clip_models/tiny-vit.json")
+    settings = ["--root", str(root), "--model-name", "tiny-vit", "--model-config", config,
+                "--num-train", "8", "--num-dev", "4", "--num-test", "2", "--image-size", "64",
+                "--steps", "2", "--batch-size", "4", "--precision", "fp32"]  # fmt: skip
+    result = pretrain.main([*settings, "--output", str(out)])
     log = json.loads((out / "tiny-vit.log.json").read_text())
     assert [e["step"] for e in log["log"]] == [0, 1]
     assert log["final_loss"] == result["final_loss"] and math.isfinite(log["final_loss"])
@@ -127,31 +106,7 @@ def test_end_to_end_writes_loadable_weights_and_log(tmp_path):
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
     # Same seed, same command (through the script in tools/): the same weights.
-    load_script("tools/pretrain_toy_clip.py", "pretrain_toy_clip_tool").main(
-        [
-            "--root",
-            str(root),
-            "--output",
-            str(tmp_path / "again"),
-            "--model-name",
-            "tiny-vit",
-            "--model-config",
-            str(REPO / "configs/clip_models/tiny-vit.json"),
-            "--num-train",
-            "8",
-            "--num-dev",
-            "4",
-            "--num-test",
-            "2",
-            "--image-size",
-            "64",
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--precision",
-            "fp32",
-        ]
-    )
+    tool = load_script("tools/pretrain_toy_clip.py", "pretrain_toy_clip_tool")
+    tool.main([*settings, "--output", str(tmp_path / "again")])
     again = json.loads((tmp_path / "again" / "tiny-vit.log.json").read_text())
     assert again["weights_sha256"] == log["weights_sha256"]

@@ -10,6 +10,10 @@ make every script behave the same way:
   place when the release already sits at the expected location;
 * a tqdm progress bar, and a final check of the number of prepared images against the official
   count (a warning, or an error with ``--strict``).
+
+A script is its label conversion plus a plan: :func:`build_parser` gives the options all scripts
+share, and :func:`run` is the whole ``main`` around a function that finds the release and lists
+the :class:`Sample` s to convert (a :class:`Conversion`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,3 +284,117 @@ def read_id_list(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"split file not found: {path}")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Conversion:
+    """What a prepare script converts: ``convert`` maps each sample to its label maps."""
+
+    what: str  # dataset and split, for the progress bar and the messages
+    samples: Sequence[Sample]
+    convert: Callable[[Sample], Sequence[np.ndarray]]
+    expected: int | None  # official number of images (None: no count check)
+
+
+def build_parser(
+    doc: str, splits: Mapping[str, int], default_split: str, folders: Mapping[str, str]
+) -> argparse.ArgumentParser:
+    """The parser of a prepare script: ``doc`` as its help, ``--split`` (one of ``splits``, which
+    maps each split to its official image count), the options of :func:`add_common_args`, and one
+    path option per entry of ``folders`` (option -> help; default None: the script's default)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for option, text in folders.items():
+        parser.add_argument(option, type=Path, default=None, help=text)
+    parser.add_argument(
+        "--split",
+        choices=sorted(splits),
+        default=default_split,
+        help=f"split to convert (default: {default_split}, the "
+        f"{splits[default_split]}-image benchmark)",
+    )
+    add_common_args(parser)
+    return parser
+
+
+def lut_converter(
+    *luts: np.ndarray, read: Callable[[Path], np.ndarray] | None = None
+) -> Callable[[Sample], list[np.ndarray]]:
+    """A ``convert`` for :func:`convert_samples`: the raw label of a sample (read with ``read``,
+    default :func:`read_label_image`) mapped through each table, one label map per table."""
+    reader = read or read_label_image
+
+    def convert(sample: Sample) -> list[np.ndarray]:
+        raw = reader(sample.label_src)
+        return [apply_lut(raw, lut, sample.label_src) for lut in luts]
+
+    return convert
+
+
+def samples_from_labels(
+    label_files: Iterable[Path], image_dir: Path, out: Path, split: str, image_ext: str = ".jpg"
+) -> list[Sample]:
+    """One sample per raw label file: the image of the same stem in ``image_dir``, placed at
+    ``out/images/<split>/``; the label written to ``out/annotations_detectron2/<split>/<stem>.png``
+    (the layout of ADE20K and COCO-Stuff)."""
+    return [
+        Sample(
+            key=f.stem,
+            image_src=image_dir / f"{f.stem}{image_ext}",
+            image_dst=out / "images" / split / f"{f.stem}{image_ext}",
+            label_src=f,
+            label_dsts=(out / "annotations_detectron2" / split / f"{f.stem}.png",),
+        )
+        for f in label_files
+    ]
+
+
+def samples_from_ids(
+    ids: Iterable[str],
+    image_dir: Path,
+    out_image_dir: Path,
+    label_src: Callable[[str], Path],
+    label_dirs: Sequence[Path],
+) -> list[Sample]:
+    """One sample per image id of a split list: ``<id>.jpg`` of ``image_dir`` placed in
+    ``out_image_dir``, the raw label ``label_src(id)``, one ``<id>.png`` per folder of
+    ``label_dirs`` (the layout of Pascal VOC and Pascal-Context)."""
+    return [
+        Sample(
+            key=i,
+            image_src=image_dir / f"{i}.jpg",
+            image_dst=out_image_dir / f"{i}.jpg",
+            label_src=label_src(i),
+            label_dsts=tuple(d / f"{i}.png" for d in label_dirs),
+        )
+        for i in ids
+    ]
+
+
+def run(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    plan: Callable[[argparse.Namespace, Path], Conversion],
+) -> int:
+    """The ``main`` of a prepare script; returns its exit code.
+
+    Parses ``argv``, resolves the dataset root, asks ``plan(args, root)`` for the samples (a
+    missing release folder, raised as FileNotFoundError, is a usage error), converts them with a
+    progress bar and checks the count (:func:`report`).
+    """
+    args = parser.parse_args(argv)
+    root = resolve_root(args.root)
+    try:
+        job = plan(args, root)
+    except FileNotFoundError as e:
+        parser.error(str(e))
+    summary = convert_samples(
+        job.samples,
+        job.convert,
+        link_mode=args.link_mode,
+        overwrite=args.overwrite,
+        desc=job.what,
+        progress=not args.quiet,
+    )
+    return report(summary, job.expected, job.what, args.strict)

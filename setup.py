@@ -1,0 +1,5 @@
+"""For ``python setup.py develop`` habits: all settings are in pyproject.toml."""
+
+from setuptools import setup
+
+setup()

@@ -46,6 +46,9 @@ BENCHMARK_ALIASES: dict[str, str] = {
     "voc-20": "voc_20_val_sem_seg",
     "voc-21": "voc_21_val_sem_seg",
     "context-60": "pascal_context_60_val_sem_seg",
+    "coco-object": "coco_object_81_val_sem_seg",
+    "context-459": "pascal_context_459_val_sem_seg",
+    "ade-847": "ade20k_847_val_sem_seg",
 }
 # Column headers, in the order columns are shown (the paper's five first).
 BENCHMARK_HEADERS: dict[str, str] = {
@@ -56,6 +59,9 @@ BENCHMARK_HEADERS: dict[str, str] = {
     "voc_20_val_sem_seg": "VOC-20",
     "voc_21_val_sem_seg": "VOC-21",
     "pascal_context_60_val_sem_seg": "Context-60",
+    "coco_object_81_val_sem_seg": "COCO-Object",
+    "pascal_context_459_val_sem_seg": "PC-459",
+    "ade20k_847_val_sem_seg": "ADE-847",
 }
 PAPER_BENCHMARKS: tuple[str, ...] = tuple(BENCHMARK_HEADERS)[:5]
 

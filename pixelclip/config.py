@@ -107,6 +107,18 @@ def add_pixelclip_config(cfg: CN) -> None:
     cfg.MODEL.PIXELCLIP.TEST.VOCABULARY_FILE = ""
     # Folder for the on-disk cache of class text embeddings ("" = no disk cache).
     cfg.MODEL.PIXELCLIP.TEST.EMBEDDING_CACHE_DIR = ""
+    # How scores become predictions: "cosine" (argmax of the class cosines, docs/METHOD.md §9) or
+    # "training_free" (NACLIP's: every name of a class its own query, softmax over queries of
+    # LOGIT_SCALE x cosine, a class scored by its best name; pixelclip/inference/readout.py).
+    cfg.MODEL.PIXELCLIP.TEST.READOUT = "cosine"
+    cfg.MODEL.PIXELCLIP.TEST.LOGIT_SCALE = 40.0
+    # Background threshold: on a benchmark whose class 0 is "background", pixels whose best class
+    # probability ("training_free" readout) is below it become background; 0 = off.
+    cfg.MODEL.PIXELCLIP.TEST.PROB_THRESHOLD = 0.0
+    # PAMR refinement of the score maps at the original image size (pixelclip/inference/pamr.py):
+    # number of steps (0 = off) and neighbourhood dilations in pixels.
+    cfg.MODEL.PIXELCLIP.TEST.PAMR_STEPS = 0
+    cfg.MODEL.PIXELCLIP.TEST.PAMR_DILATIONS = [8, 16]
 
     # ------------------------------------------------------------------- training data
     # Which masks train the model: "sa1b" (masks read from SA-1B-format JSON) or "dino" (k-means

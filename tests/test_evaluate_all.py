@@ -377,7 +377,7 @@ def test_bad_input_gets_clear_errors(files, tmp_path, capsys):
         ([*base, "--weights", tmp_path / "nope.pth"], "no checkpoint file"),
         ([*base, "--baseline", "--max-images", "0"], "--max-images must be >= 1"),
         (["--config-file", tmp_path / "none.yaml", "--baseline"], "no file"),
-        ([*base], "one of the arguments --weights --baseline is required"),
+        ([*base], "give at least one model: --weights FILE, --baseline or --dense-variants"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:

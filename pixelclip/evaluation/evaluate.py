@@ -26,14 +26,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
+
+if TYPE_CHECKING:
+    from .presets import Preset
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +128,37 @@ def find_missing_datasets(dataset_names: Sequence[str]) -> dict[str, str]:
     return missing
 
 
+def _peak_memory_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: torch.device) -> dict:
+    """Peak memory of the run: CUDA memory allocated by torch on a GPU, else the peak resident
+    set size of this process (``resource.getrusage``; never reset, so the peak so far)."""
+    if device.type == "cuda":
+        value, kind = torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
+    else:
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        value = rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+        kind = "cpu_peak_rss_of_process"
+    return {"peak_memory_mb": round(value / 2**20, 1), "peak_memory_kind": kind}
+
+
+def _window(cfg: CfgNode) -> dict:
+    test = cfg.MODEL.PIXELCLIP.TEST
+    if test.PROTOCOL == "slide":
+        return {"protocol": "slide", "crop": int(test.SLIDE_CROP), "stride": int(test.SLIDE_STRIDE)}
+    return {
+        "protocol": "whole",
+        "clip_resolution": int(cfg.MODEL.CLIP.RESOLUTION),
+        "feature_resolution": int(test.FEATURE_RESOLUTION),
+    }
+
+
 def evaluate(
     cfg: CfgNode,
     model: torch.nn.Module | None,
@@ -131,6 +167,8 @@ def evaluate(
     max_images: int | None = None,
     test_size: int | None = None,
     output_dir: str | None = None,
+    preset: str | Preset = "paper",
+    explicit: Iterable[str] = (),
 ) -> dict[str, dict]:
     """Evaluate ``model`` on each dataset with detectron2's ``SemSegEvaluator``.
 
@@ -139,43 +177,55 @@ def evaluate(
     the confusion matrices of all ranks; metrics are returned on the main process only.
 
     Args:
-        cfg: the config the model was built from (protocol, test sizes, data loader settings;
-            ``MODEL.PIXELCLIP.TEST.VOCABULARY(_FILE)``, if set, replaces each dataset's classes
-            as in ``Trainer.test``).
+        cfg: the config the model was built from, with the preset applied
+            (:func:`pixelclip.evaluation.presets.apply_preset`): protocol, test sizes, readout,
+            PAMR, data loader settings; ``MODEL.PIXELCLIP.TEST.VOCABULARY(_FILE)``, if set,
+            replaces each dataset's classes as in ``Trainer.test``.
         model: a PixelCLIP model (or one wrapped in DistributedDataParallel); may be None when
             every dataset is missing.
         dataset_names: registered sem-seg datasets (e.g. ``"ade20k_150_val_sem_seg"``).
         max_images: evaluate only the first N images of each dataset, in the order of its
             dataset dicts (None or 0 = all).
-        test_size: shortest test edge for every dataset (None: :func:`evaluation_resize`).
+        test_size: shortest test edge for every dataset (None: the preset's, else
+            :func:`evaluation_resize`).
         output_dir: evaluator outputs go to ``output_dir/inference/<name>`` (None =
             ``cfg.OUTPUT_DIR/inference/<name>``, as in ``Trainer.build_evaluator``).
+        preset: the protocol preset (its per-benchmark test sizes, thresholds, class names).
+        explicit: config keys given on the command line; they win over the preset's
+            per-benchmark values (:func:`pixelclip.evaluation.presets.benchmark_setup`).
 
     Returns:
         ``{name: entry}`` in the given order, each entry a JSON-able dict: ``status`` ("ok" or
         "missing"), ``error`` (the loader's message, "" when ok), ``metrics`` (SemSegEvaluator's
         output: "mIoU", "fwIoU", "mACC", "pACC", "IoU-<class>", "ACC-<class>", ... in percent;
-        empty on non-main ranks and for missing datasets), ``num_images`` (evaluated),
+        empty on non-main ranks and for missing datasets), ``mIoU`` and ``per_class_iou``
+        (``{class: IoU}``, None for a class absent from the labels), ``num_images`` (evaluated),
         ``num_images_total`` (in the dataset), ``subset`` (True when only the first
-        ``max_images`` were evaluated), ``test_size`` ([shortest edge, longest-edge cap]).
+        ``max_images`` were evaluated), ``preset``, ``test_size`` ([shortest edge, longest-edge
+        cap]), ``window`` (protocol and its sizes), ``readout``, ``prob_threshold`` (applied,
+        0 = none), ``background`` (class index or None), ``pamr`` (None = off, else steps and
+        dilations), ``prompt_ensemble``, ``vocabulary`` (the class-name source), ``num_queries``,
+        ``seconds``, ``images_per_second``, ``peak_memory_mb`` and ``peak_memory_kind``.
     """
     # Imported here: the engine may come to import this module (Trainer.test), not the reverse.
     from ..engine.trainer import Trainer, unwrap
+    from ..inference.readout import ReadoutModel, readout_settings
+    from .presets import benchmark_setup, get_preset
 
-    fixed_vocabulary = bool(
-        cfg.MODEL.PIXELCLIP.TEST.VOCABULARY or cfg.MODEL.PIXELCLIP.TEST.VOCABULARY_FILE
-    )
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    explicit = set(explicit)
     results: dict[str, dict] = OrderedDict()
     for name in dataset_names:
-        size = evaluation_resize(cfg, name, test_size)
         entry = {
             "status": "ok",
             "error": "",
             "metrics": {},
+            "mIoU": None,
+            "per_class_iou": {},
             "num_images": 0,
             "num_images_total": 0,
             "subset": False,
-            "test_size": list(size),
+            "preset": preset.name,
         }
         results[name] = entry
         try:
@@ -183,9 +233,39 @@ def evaluate(
         except FileNotFoundError as e:
             logger.error("benchmark %s is missing, skipped: %s", name, e)
             entry.update(status="missing", error=str(e))
+            entry["test_size"] = list(evaluation_resize(cfg, name, test_size))
             continue
         if model is None:
             raise ValueError(f"evaluate: model is None, but dataset {name!r} is available")
+        setup = benchmark_setup(cfg, preset, name, explicit, test_size)
+        settings = readout_settings(
+            cfg, prob_threshold=setup.prob_threshold if setup.background is not None else 0.0
+        )
+        inner = unwrap(model)
+        if setup.class_names is not None:
+            inner.set_vocabulary(setup.class_names)
+        runner = model
+        if not settings.is_plain:
+            runner = ReadoutModel(model, inner.vocabulary, settings, setup.background)
+        record = settings.as_record()
+        entry.update(
+            test_size=list(setup.test_size),
+            window=_window(cfg),
+            readout=record["readout"],
+            logit_scale=record["logit_scale"],
+            prob_threshold=record["prob_threshold"],
+            background=setup.background,
+            pamr=record["pamr"],
+            prompt_ensemble=str(cfg.MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE),
+            vocabulary=setup.vocabulary,
+            num_queries=len(getattr(runner, "queries", inner.vocabulary)),
+        )
+        if setup.prob_threshold > 0 and setup.background is None:
+            logger.warning(
+                "%s has no background class: the threshold %s is not applied",
+                name,
+                setup.prob_threshold,
+            )
         entry["num_images_total"] = len(dicts)
         eval_name = name
         if max_images and max_images < len(dicts):
@@ -193,27 +273,45 @@ def evaluate(
             entry["subset"] = True
         entry["num_images"] = min(len(dicts), max_images or len(dicts))
         try:
-            if not fixed_vocabulary:
-                unwrap(model).vocabulary_for(name)
-            dataset_cfg = _config_for(cfg, size)
+            dataset_cfg = _config_for(cfg, setup.test_size)
             loader = Trainer.build_test_loader(dataset_cfg, eval_name)
             folder = os.path.join(output_dir, "inference", name) if output_dir else None
             evaluator = Trainer.build_evaluator(dataset_cfg, eval_name, folder)
             logger.info(
-                "Evaluating %s: %d of %d images, test size %s, protocol %s",
+                "Evaluating %s: %d of %d images, preset %s, test size %s, %s, readout %s, "
+                "threshold %s, PAMR %s, classes from %s",
                 name,
                 entry["num_images"],
                 len(dicts),
-                size,
-                cfg.MODEL.PIXELCLIP.TEST.PROTOCOL,
+                preset.name,
+                setup.test_size,
+                entry["window"],
+                settings.readout,
+                entry["prob_threshold"],
+                entry["pamr"] or "off",
+                setup.vocabulary,
             )
-            output = inference_on_dataset(model, loader, evaluator)
+            device = inner.device
+            _peak_memory_reset(device)
+            start = time.perf_counter()
+            output = inference_on_dataset(runner, loader, evaluator)
+            seconds = time.perf_counter() - start
         finally:
             if eval_name != name:
                 _unregister(eval_name)
+        entry["seconds"] = round(seconds, 3)
+        entry["images_per_second"] = round(entry["num_images"] / max(seconds, 1e-9), 3)
+        entry.update(_peak_memory(device))
         if comm.is_main_process():
-            entry["metrics"] = {k: float(v) for k, v in output.get("sem_seg", {}).items()}
-            logger.info("%s: mIoU %.2f", name, entry["metrics"].get("mIoU", math.nan))
+            metrics = {k: float(v) for k, v in output.get("sem_seg", {}).items()}
+            entry["metrics"] = metrics
+            entry["mIoU"] = metrics.get("mIoU")
+            entry["per_class_iou"] = {
+                k[len("IoU-") :]: (v if math.isfinite(v) else None)
+                for k, v in metrics.items()
+                if k.startswith("IoU-")
+            }
+            logger.info("%s: mIoU %.2f", name, metrics.get("mIoU", math.nan))
     return results
 
 

@@ -4,6 +4,9 @@ the paper-style table (results.md) and the full record (results.json) into --out
 Examples:
   tools/evaluate_all.py --config-file configs/pixelclip_vitb16_sa1b_bs48_10k.yaml --baseline
   tools/evaluate_all.py --config-file configs/pixelclip_vitb16_sa1b_bs48_10k.yaml \\
+      --preset training-free --weights output/vitb16_sa1b/model_final.pth --baseline \\
+      --dense-variants naclip sclip --output output/training_free
+  tools/evaluate_all.py --config-file configs/pixelclip_vitb16_sa1b_bs48_10k.yaml \\
       --weights output/vitb16_sa1b/model_final.pth --append --num-gpus 4
   tools/evaluate_all.py --config-file configs/pixelclip_vitb16_sa1b_bs48_10k.yaml --baseline \\
       --benchmarks ade-150 voc-20 --protocol slide --max-images 20 --output output/quick
@@ -11,17 +14,22 @@ Examples:
 Benchmark aliases (or pass any registered sem-seg dataset name):
 {aliases}
 
+Presets (--preset; each only sets defaults, the options and KEY VALUE pairs given here win):
+{presets}
+
 Test-time resize (shortest edge, longest-edge cap; scores are computed at the original size):
   whole  INPUT.MIN_SIZE_TEST / INPUT.MAX_SIZE_TEST of the config (640 / 2560 in the reference)
   slide  {slide} for every benchmark except {slide_special}; windows of
          MODEL.PIXELCLIP.TEST.SLIDE_CROP with stride SLIDE_STRIDE (224 / 112 by default)
-  --test-size N replaces the shortest edge for every benchmark.
+  --test-size N replaces the shortest edge for every benchmark (the training-free preset sets
+  its own per benchmark).
 
 A benchmark whose folder is missing is reported (the message names the expected folder and the
 datasets/prepare_*.py script), marked "missing" in the table, and the others still run; the exit
 status is then 1 unless --allow-missing. --append adds this run to an existing results.json: a
-model's row shows its latest result per benchmark. On a machine without CUDA, the model runs on
-the CPU and --num-gpus N starts N CPU processes (gloo).
+model's row shows its latest result per benchmark. --weights, --baseline and --dense-variants
+combine: one row per model family, all on the same preset. On a machine without CUDA, the model
+runs on the CPU and --num-gpus N starts N CPU processes (gloo).
 """
 
 from __future__ import annotations
@@ -45,10 +53,16 @@ from ..cli_help import HelpFormatter
 from ..config import add_pixelclip_config
 from ..config_checks import validate_config
 from ..engine import Trainer
+from ..inference.readout import readout_settings
+from ..modeling.dense import DENSE_VARIANTS
 from . import tables
 from .evaluate import SLIDE_TEST_SIZE, SLIDE_TEST_SIZE_BY_DATASET, evaluate, find_missing_datasets
+from .presets import PRESETS, apply_preset, explicit_keys, get_preset, resolve_benchmark_names
 
 logger = logging.getLogger(__name__)
+
+# MODEL.PIXELCLIP.TEST.PAMR_STEPS of --pamr on (NACLIP's eval.py --pamr on: pamr_steps 10).
+PAMR_ON_STEPS = 10
 
 
 def _epilog() -> str:
@@ -57,8 +71,11 @@ def _epilog() -> str:
         for alias, name in tables.BENCHMARK_ALIASES.items()
     )
     special = ", ".join(f"{name} {size}" for name, size in SLIDE_TEST_SIZE_BY_DATASET.items())
+    preset_lines = "\n".join(
+        f"  {p.name:<14} {len(p.benchmarks)} benchmarks; {p.summary}" for p in PRESETS.values()
+    )
     return __doc__.split("\n\n", 1)[1].format(
-        aliases=aliases, slide=SLIDE_TEST_SIZE, slide_special=special
+        aliases=aliases, slide=SLIDE_TEST_SIZE, slide_special=special, presets=preset_lines
     )
 
 
@@ -70,21 +87,45 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="config YAML")
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--weights", metavar="FILE", help="PixelCLIP checkpoint to evaluate")
-    model.add_argument(
+    parser.add_argument("--weights", metavar="FILE", help="PixelCLIP checkpoint to evaluate")
+    parser.add_argument(
         "--baseline",
         action="store_true",
-        help="plain CLIP without PixelCLIP training: the config's MODEL.CLIP.PRETRAINED weights, "
-        "MODEL.WEIGHTS ignored",
+        help="also plain CLIP without PixelCLIP training: the config's MODEL.CLIP.PRETRAINED "
+        "weights, MODEL.WEIGHTS ignored",
     )
-    parser.add_argument("--name", default="", help="row label (default: from the model/weights)")
+    parser.add_argument(
+        "--dense-variants",
+        nargs="+",
+        default=[],
+        choices=list(DENSE_VARIANTS),
+        metavar="VARIANT",
+        help=f"also plain CLIP with each of these dense readouts (MODEL.CLIP.DENSE_VARIANT; "
+        f"{', '.join(DENSE_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="evaluation protocol preset (see below)",
+    )
+    parser.add_argument(
+        "--pamr",
+        choices=["on", "off"],
+        default=None,
+        help="PAMR refinement (on = MODEL.PIXELCLIP.TEST.PAMR_STEPS 10; default: the preset's, "
+        "off)",
+    )
+    parser.add_argument(
+        "--name", default="", help="row label of a single model (default: from the model/weights)"
+    )
     parser.add_argument(
         "--benchmarks",
         nargs="+",
-        default=list(tables.PAPER_BENCHMARKS),
+        default=None,
         metavar="NAME",
-        help="benchmarks (aliases below or dataset names; default: the paper's five)",
+        help="benchmarks (aliases below or dataset names; 'large' = the preset's plus "
+        "context-459 and ade-847; default: the preset's)",
     )
     parser.add_argument(
         "--protocol",
@@ -138,86 +179,140 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_benchmarks(names: list[str]) -> list[str]:
-    """Dataset names of aliases/names, in order, without duplicates.
+def resolve_benchmarks(names: list[str] | None, preset: str = "paper") -> list[str]:
+    """Dataset names of aliases/names, in order, without duplicates; None or [] = the preset's
+    benchmarks, "large" = the preset's plus Context-459 and ADE-847.
 
     Raises:
         ValueError: a name that is neither an alias nor a registered dataset.
     """
     registered = set(DatasetCatalog.list())
     resolved: list[str] = []
-    for raw in names:
+    for raw in resolve_benchmark_names(names, get_preset(preset)):
         name = tables.resolve_benchmark(raw)
         if name not in registered:
             raise ValueError(
                 f"unknown benchmark {raw!r}; choose an alias from "
-                f"{sorted(tables.BENCHMARK_ALIASES)} or a registered dataset name"
+                f"{sorted(tables.BENCHMARK_ALIASES)}, 'large', or a registered dataset name"
             )
         if name not in resolved:
             resolved.append(name)
     return resolved
 
 
-def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """The frozen config: file, KEY VALUE overrides, then the options of this tool."""
+def model_families(args: argparse.Namespace) -> list[dict]:
+    """The models of one command, in row order: ours (--weights), plain CLIP (--baseline), plain
+    CLIP with each of --dense-variants. Each: ``{"weights", "dense_variant"}`` (None = the
+    config's readout)."""
+    families = []
+    if args.weights:
+        families.append({"weights": args.weights, "dense_variant": None})
+    if args.baseline:
+        families.append({"weights": "", "dense_variant": None})
+    families += [{"weights": "", "dense_variant": v} for v in args.dense_variants]
+    return families
+
+
+def explicit_config_keys(args: argparse.Namespace) -> set[str]:
+    """Config keys the command line sets (KEY VALUE pairs and this tool's options): they win over
+    the preset's defaults, also over its per-benchmark values."""
+    keys = explicit_keys(args.opts)
+    if args.protocol:
+        keys.add("MODEL.PIXELCLIP.TEST.PROTOCOL")
+    if args.pamr:
+        keys.add("MODEL.PIXELCLIP.TEST.PAMR_STEPS")
+    return keys
+
+
+def setup_cfg(args: argparse.Namespace, family: dict | None = None) -> CfgNode:
+    """The frozen config: file, the preset's defaults, KEY VALUE overrides, then the options of
+    this tool (``family``: one of :func:`model_families`; None = the first)."""
+    family = family or (model_families(args) or [{"weights": "", "dense_variant": None}])[0]
     cfg = get_cfg()
     add_pixelclip_config(cfg)
     merge_config_file(cfg, args.config_file)
+    apply_preset(cfg, get_preset(args.preset), explicit_config_keys(args))
     cfg.merge_from_list(args.opts)
     if args.protocol:
         cfg.MODEL.PIXELCLIP.TEST.PROTOCOL = args.protocol
-    cfg.MODEL.WEIGHTS = args.weights or ""
+    if args.pamr:
+        cfg.MODEL.PIXELCLIP.TEST.PAMR_STEPS = PAMR_ON_STEPS if args.pamr == "on" else 0
+    if family["dense_variant"]:
+        cfg.MODEL.CLIP.DENSE_VARIANT = family["dense_variant"]
+    cfg.MODEL.WEIGHTS = family["weights"]
     cfg.OUTPUT_DIR = args.output
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE %s: CUDA is not available, using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     validate_config(cfg, training=False, datasets=False)  # missing benchmarks are reported
+    readout_settings(cfg)  # a bad readout key fails now, naming the key
     return cfg
 
 
-def run_worker(args: argparse.Namespace, command: str) -> dict | None:
-    """Build, load and evaluate the model in this process; the main process writes the results
-    and returns its run record (other processes return None)."""
+def _label(args: argparse.Namespace, cfg: CfgNode, family: dict) -> str:
+    if args.name:
+        return args.name
+    label = tables.model_label(cfg.MODEL.CLIP.MODEL_NAME, family["weights"])
+    if family["dense_variant"]:
+        label = label.replace("(baseline)", f"+ {family['dense_variant']} readout")
+    return label
+
+
+def run_worker(args: argparse.Namespace, command: str) -> list[dict] | None:
+    """Build, load and evaluate each model family in this process; the main process writes the
+    results and returns its run records (other processes return None)."""
     if not logging.getLogger("pixelclip").isEnabledFor(logging.INFO):
         for name in ("detectron2", "pixelclip"):
             setup_logger(output=args.output, distributed_rank=comm.get_rank(), name=name)
-    cfg = setup_cfg(args)
-    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
-    if args.baseline and not cfg.MODEL.CLIP.PRETRAINED:
-        logger.warning("--baseline with MODEL.CLIP.PRETRAINED '': CLIP has random weights")
-    model = None
-    if len(find_missing_datasets(args.benchmarks)) < len(args.benchmarks):
-        model = Trainer.build_model(cfg)
-        if args.weights:
-            load_weights(
-                model, args.weights, allow_partial=cfg.MODEL.PIXELCLIP.ALLOW_PARTIAL_WEIGHTS
-            )
-    results = evaluate(
-        cfg,
-        model,
-        args.benchmarks,
-        max_images=args.max_images,
-        test_size=args.test_size,
-        output_dir=args.output,
-    )
-    if not comm.is_main_process():
-        return None
-    run = tables.make_run(
-        args.name or tables.model_label(cfg.MODEL.CLIP.MODEL_NAME, args.weights or ""),
-        results,
-        protocol=cfg.MODEL.PIXELCLIP.TEST.PROTOCOL,
-        weights=args.weights or "",
-        config=cfg.dump(),
-        command=command,
-        max_images=args.max_images,
-        num_processes=comm.get_world_size(),
-    )
+    runs = []
     json_path = Path(args.output) / "results.json"
-    runs = tables.merge(json_path, [run]) if args.append and json_path.is_file() else [run]
-    tables.write_results(runs, args.output)
-    logger.info("Wrote %s and results.md", json_path)
-    return run
+    earlier = tables.load_runs(json_path) if args.append and json_path.is_file() else []
+    for family in model_families(args):
+        cfg = setup_cfg(args, family)
+        seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
+        if not family["weights"] and not cfg.MODEL.CLIP.PRETRAINED:
+            logger.warning("plain CLIP with MODEL.CLIP.PRETRAINED '': CLIP has random weights")
+        model = None
+        if len(find_missing_datasets(args.benchmarks)) < len(args.benchmarks):
+            model = Trainer.build_model(cfg)
+            if family["weights"]:
+                load_weights(
+                    model,
+                    family["weights"],
+                    allow_partial=cfg.MODEL.PIXELCLIP.ALLOW_PARTIAL_WEIGHTS,
+                )
+        results = evaluate(
+            cfg,
+            model,
+            args.benchmarks,
+            max_images=args.max_images,
+            test_size=args.test_size,
+            output_dir=args.output,
+            preset=args.preset,
+            explicit=explicit_config_keys(args),
+        )
+        del model
+        if not comm.is_main_process():
+            continue
+        runs.append(
+            tables.make_run(
+                _label(args, cfg, family),
+                results,
+                protocol=cfg.MODEL.PIXELCLIP.TEST.PROTOCOL,
+                preset=args.preset,
+                weights=family["weights"],
+                dense_variant=str(cfg.MODEL.CLIP.DENSE_VARIANT),
+                config=cfg.dump(),
+                command=command,
+                max_images=args.max_images,
+                num_processes=comm.get_world_size(),
+            )
+        )
+        # Written after every model: a long sweep keeps what it has measured.
+        tables.write_results(tables.merge(earlier, runs) if earlier else runs, args.output)
+        logger.info("Wrote %s and results.md", json_path)
+    return runs if comm.is_main_process() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not (args.weights or args.baseline or args.dense_variants):
+        parser.error("give at least one model: --weights FILE, --baseline or --dense-variants")
+    if args.name and len(model_families(args)) > 1:
+        parser.error("--name labels a single model; with several, the rows are labelled by kind")
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images must be >= 1, got {args.max_images}")
     if args.test_size is not None and args.test_size < 0:
@@ -234,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights and not Path(args.weights).is_file():
         parser.error(f"--weights: no checkpoint file {args.weights}")
     try:
-        args.benchmarks = resolve_benchmarks(args.benchmarks)
+        explicit_keys(args.opts)
+        args.benchmarks = resolve_benchmarks(args.benchmarks, args.preset)
     except ValueError as e:
         parser.error(str(e))
     json_path = Path(args.output) / "results.json"
@@ -246,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = shlex.join(["tools/evaluate_all.py", *argv])
     if args.num_gpus * args.num_machines == 1:
-        run = run_worker(args, command)
+        runs = run_worker(args, command)
     else:
         launch(
             run_worker,
@@ -258,10 +358,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.machine_rank != 0:
             return 0
-        run = tables.load_runs(json_path)[-1]  # written by the main process, last
+        # Written by the main process, last.
+        runs = tables.load_runs(json_path)[-len(model_families(args)) :]
 
     print(tables.to_markdown(tables.load_runs(json_path)))
-    missing = {n: e for n, e in run["benchmarks"].items() if e["status"] != "ok"}
-    for name, entry in missing.items():
-        print(f"benchmark {name} is missing: {entry['error']}", file=sys.stderr)
-    return 1 if missing and not args.allow_missing else 0
+    status = 0
+    for run in runs:
+        missing = {n: e for n, e in run["benchmarks"].items() if e["status"] != "ok"}
+        for name, entry in missing.items():
+            print(f"{run['model']}: benchmark {name} is missing: {entry['error']}", file=sys.stderr)
+        status = 1 if missing and not args.allow_missing else status
+    return status

@@ -134,7 +134,7 @@ def make_run(
         command: the command line.
         max_images: the per-benchmark image cap (None = all images).
         date: ISO date (default: now, UTC).
-        **extra: further fields (e.g. ``num_processes``).
+        **extra: further fields (e.g. ``preset``, ``dense_variant``, ``num_processes``).
     """
     return {
         "model": model,
@@ -211,39 +211,72 @@ def _default_columns(runs: Iterable[dict]) -> list[Column]:
     return [Column(name) for name in known + [n for n in seen if n not in order]]
 
 
+def _last_ok(row_runs: Sequence[dict], benchmark: str) -> dict | None:
+    """The last successful entry of a row's runs on a benchmark."""
+    entries = [r["benchmarks"].get(benchmark) for r in row_runs]
+    ok = [e for e in entries if e and e.get("status") == "ok" and e.get("metrics")]
+    return ok[-1] if ok else None
+
+
+def _preset_of(run: dict) -> str:
+    return run.get("preset") or "paper"
+
+
+def _average_benchmarks(runs: Sequence[dict]) -> tuple[str, ...] | None:
+    """The benchmarks of the averaged preset (training-free) if every run used it, else None."""
+    from .presets import PRESETS
+
+    names = {_preset_of(r) for r in runs}
+    if len(names) != 1:
+        return None
+    preset = PRESETS.get(names.pop())
+    return preset.benchmarks if preset is not None and preset.average else None
+
+
 def to_markdown(runs: Sequence[dict], columns: Sequence[Column] | None = None) -> str:
     """The results as a markdown document: the table and notes.
 
-    Rows are models in order of first appearance (with the protocol in the label when the runs
-    mix protocols); a cell is the mIoU (or a class group's mIoU) with one decimal from the last
-    successful run of that row on that benchmark, ``"<v>†"`` when only a subset of the images was
-    evaluated (listed in the notes), ``"missing"`` when the data was not found, ``"-"`` when not
-    evaluated, ``"n/a"`` when undefined.
+    Rows are models in order of first appearance (with the protocol and preset in the label when
+    the runs mix them); a cell is the mIoU (or a class group's mIoU) with one decimal from the
+    last successful run of that row on that benchmark, ``"<v>†"`` when only a subset of the
+    images was evaluated (listed in the notes), ``"missing"`` when the data was not found,
+    ``"-"`` when not evaluated, ``"n/a"`` when undefined. When every run used a preset with an
+    average (``training-free``), a last column averages its benchmarks (``"-"`` unless a row
+    has all of them). The notes state the protocol of each preset and any PAMR use.
 
     Args:
         runs: runs as made by :func:`make_run` (e.g. from :func:`merge`).
         columns: the columns (default: one per benchmark found in the runs).
     """
+    from .presets import PRESETS
+
     columns = list(columns) if columns is not None else _default_columns(runs)
     protocols = sorted({run["protocol"] for run in runs})
+    presets = sorted({_preset_of(run) for run in runs})
+    average_of = _average_benchmarks(runs)
     rows: dict[str, list[dict]] = {}
     for run in runs:
-        label = run["model"] if len(protocols) == 1 else f"{run['model']} [{run['protocol']}]"
+        label = run["model"]
+        tags = [run["protocol"]] if len(protocols) > 1 else []
+        tags += [_preset_of(run)] if len(presets) > 1 else []
+        label = f"{label} [{', '.join(tags)}]" if tags else label
         rows.setdefault(label, []).append(run)
 
-    subset_notes, missing_notes = [], []
+    subset_notes, missing_notes, pamr_notes = [], [], []
+    titles = [c.title for c in columns]
+    if average_of:
+        titles.append(f"Avg ({len(average_of)})")
     lines = [
-        "| model | " + " | ".join(c.title for c in columns) + " |",
-        "|---" * (len(columns) + 1) + "|",
+        "| model | " + " | ".join(titles) + " |",
+        "|---" * (len(titles) + 1) + "|",
     ]
     for label, row_runs in rows.items():
         cells = []
         for column in columns:
             entries = [r["benchmarks"].get(column.benchmark) for r in row_runs]
             entries = [e for e in entries if e is not None]
-            ok = [e for e in entries if e.get("status") == "ok" and e.get("metrics")]
-            if ok:
-                entry = ok[-1]
+            entry = _last_ok(row_runs, column.benchmark)
+            if entry is not None:
                 metrics = entry["metrics"]
                 value = (
                     metrics.get("mIoU")
@@ -259,6 +292,10 @@ def to_markdown(runs: Sequence[dict], columns: Sequence[Column] | None = None) -
                     )
                     if note not in subset_notes:
                         subset_notes.append(note)
+                if entry.get("pamr"):
+                    note = f"{label} / {column.title}: {entry['pamr']['steps']} steps"
+                    if note not in pamr_notes:
+                        pamr_notes.append(note)
             elif entries:
                 cell = "missing"
                 note = f"{label} / {column.title}"
@@ -267,9 +304,26 @@ def to_markdown(runs: Sequence[dict], columns: Sequence[Column] | None = None) -
             else:
                 cell = "-"
             cells.append(cell)
+        if average_of:
+            found = [_last_ok(row_runs, name) for name in average_of]
+            values = [e["metrics"].get("mIoU") if e else None for e in found]
+            if all(v is not None and math.isfinite(v) for v in values):
+                cell = _format(sum(values) / len(values))
+                cell += SUBSET_MARK if any(e.get("subset") for e in found) else ""
+            else:
+                cell = "-"
+            cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     notes = [f"mIoU (%), protocol: {', '.join(protocols) or '-'}."]
+    for name in presets:
+        summary = PRESETS[name].summary if name in PRESETS else name
+        notes.append(f"Preset {summary}.")
+    if average_of:
+        headers = ", ".join(BENCHMARK_HEADERS.get(n, n) for n in average_of)
+        notes.append(f"Avg ({len(average_of)}): mean mIoU over {headers}.")
+    if pamr_notes:
+        notes.append("PAMR on: " + "; ".join(pamr_notes) + ".")
     if subset_notes:
         notes.append(
             f"{SUBSET_MARK} SUBSET ONLY, not comparable to full-benchmark numbers: "

@@ -1,7 +1,10 @@
-"""The quickstart's report: the results table (markdown), predictions and the picture grid.
+"""The quickstart's report: the results table (markdown), predictions and the pictures.
 
 Used by :mod:`pixelclip.toyworld.quickstart`; the table has one row per model and seed (plus
-mean +- std over seeds) and the columns mIoU / stuff / things on the dev and test splits.
+mean +- std over seeds) and the columns mIoU / stuff / things on the dev and test splits. The
+pictures: a grid of test images (a seeded random choice, :func:`grid_sample`) with their ground
+truth and each model's prediction (:func:`write_grid`), and a bar chart of the per-class test
+IoU of each model (:func:`write_iou_chart`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,18 @@ from pathlib import Path
 
 from .world import TOYWORLD_CLASSES
 
-__all__ = ["PALETTE", "SPLITS", "mean_std", "predict", "summarise", "to_markdown", "write_grid"]
+__all__ = [
+    "PALETTE",
+    "SPLITS",
+    "grid_sample",
+    "mean_std",
+    "per_class_iou",
+    "predict",
+    "summarise",
+    "to_markdown",
+    "write_grid",
+    "write_iou_chart",
+]
 
 SPLITS = ("dev", "test")
 # Fixed colours of the 14 ToyWorld classes in the grid (RGB), chosen to differ from each other.
@@ -84,7 +98,29 @@ def predict(model, dicts: list[dict]):
     return out
 
 
-def write_grid(path: Path, dicts: list[dict], columns: dict[str, list], scale: int = 2) -> None:
+def grid_sample(dicts: list[dict], count: int, seed: int = 0) -> list[dict]:
+    """A seeded random choice of ``count`` dataset dicts (without repeats, in dataset order), so
+    that the grid shows neither hand-picked nor merely the first images."""
+    import numpy as np
+
+    count = min(max(count, 0), len(dicts))
+    picked = np.random.default_rng(seed).choice(len(dicts), size=count, replace=False)
+    return [dicts[i] for i in sorted(int(i) for i in picked)]
+
+
+def per_class_iou(metrics: dict) -> dict[str, float]:
+    """``{class: IoU (%)}`` of the ToyWorld classes from SemSegEvaluator's ``IoU-<class>`` keys
+    (NaN where the class has no ground truth: None after a JSON round trip)."""
+    out = {}
+    for name in TOYWORLD_CLASSES:
+        if f"IoU-{name}" not in metrics:
+            raise KeyError(f"no 'IoU-{name}' in the metrics (keys: {sorted(metrics)[:8]} ...)")
+        value = metrics[f"IoU-{name}"]
+        out[name] = float("nan") if value is None else float(value)
+    return out
+
+
+def write_grid(path: Path, dicts: list[dict], columns: dict[str, list], scale: int = 3) -> None:
     """PNG: one row per image, columns image | ground truth | each model; a colour legend below."""
     import numpy as np
     from PIL import Image, ImageDraw
@@ -112,4 +148,53 @@ def write_grid(path: Path, dicts: list[dict], columns: dict[str, list], scale: i
         x, y = pad + (i % 4) * col_w, y0 + (i // 4) * 16
         draw.rectangle([x, y + 2, x + 10, y + 12], fill=PALETTE[i], outline=(0, 0, 0))
         draw.text((x + 14, y + 1), name, fill=(0, 0, 0))
+    canvas.save(path)
+
+
+# Bar colours of the models in the IoU chart, in the order given (baseline grey, then blues).
+CHART_COLOURS = [(150, 150, 150), (31, 119, 180), (255, 127, 14), (44, 160, 44)]
+
+
+def write_iou_chart(
+    path: Path, models: dict[str, dict[str, float]], title: str = "test IoU per class (%)"
+) -> None:
+    """PNG: one group of horizontal bars per class (one bar per model, length = IoU in percent on
+    a 0..100 axis with grid lines every 20), a legend of the models on top.
+
+    Args:
+        path: output PNG.
+        models: row label -> {class name: IoU (%)} (:func:`per_class_iou`); at most 4 models.
+            NaN (no ground truth) draws no bar.
+        title: text above the chart.
+    """
+    from PIL import Image, ImageDraw
+
+    if not models or len(models) > len(CHART_COLOURS):
+        raise ValueError(f"write_iou_chart: 1 to {len(CHART_COLOURS)} models, got {len(models)}")
+    bar, gap, label_w, axis_w, pad = 10, 8, 60, 400, 8
+    head = 18 + 14 * len(models)
+    group = bar * len(models) + gap
+    width = pad + label_w + axis_w + 40
+    height = head + group * len(TOYWORLD_CLASSES) + 24
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 2), title, fill=(0, 0, 0))
+    for m, label in enumerate(models):
+        y = 18 + 14 * m
+        draw.rectangle([pad, y + 1, pad + 10, y + 11], fill=CHART_COLOURS[m])
+        draw.text((pad + 14, y), label, fill=(0, 0, 0))
+    x0, y_end = pad + label_w, head + group * len(TOYWORLD_CLASSES)
+    for tick in range(0, 101, 20):
+        x = x0 + round(axis_w * tick / 100)
+        draw.line([x, head - 2, x, y_end], fill=(220, 220, 220) if tick else (0, 0, 0))
+        draw.text((x - 6, y_end + 4), str(tick), fill=(0, 0, 0))
+    for c, name in enumerate(TOYWORLD_CLASSES):
+        y = head + c * group
+        draw.text((pad, y + (group - gap) // 2 - 6), name, fill=(0, 0, 0))
+        for m, ious in enumerate(models.values()):
+            value = ious[name]
+            if math.isfinite(value) and value > 0:
+                length = round(axis_w * min(value, 100.0) / 100)
+                top = y + m * bar
+                draw.rectangle([x0 + 1, top, x0 + length, top + bar - 2], fill=CHART_COLOURS[m])
     canvas.save(path)

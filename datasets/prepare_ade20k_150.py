@@ -42,8 +42,8 @@ def plan(args: argparse.Namespace, root: Path) -> pu.Conversion:
 
 def main(argv: list[str] | None = None) -> int:
     """Convert the labels; 0 on success, 2 for a count mismatch with --strict."""
-    release = "extracted ADEChallengeData2016 folder (with images/ and annotations/); default: "
-    folders = {"--release": release + f"<root>/{DATASET_DIR}"}
+    release = "extracted ADEChallengeData2016 folder (with images/ and annotations/)"
+    folders = {"--release": (release, f"<root>/{DATASET_DIR}")}
     parser = pu.build_parser(__doc__, EXPECTED_IMAGES, "validation", folders)
     return pu.run(parser, argv, plan)
 

@@ -82,8 +82,8 @@ def plan(args: argparse.Namespace, root: Path) -> pu.Conversion:
 
 def main(argv: list[str] | None = None) -> int:
     """Convert the labels; 0 on success, 2 for a count mismatch with --strict."""
-    release = "extracted Cityscapes folder (with leftImg8bit/ and gtFine/); default: "
-    folders = {"--release": release + f"<root>/{DATASET_DIR}"}
+    release = "extracted Cityscapes folder (with leftImg8bit/ and gtFine/)"
+    folders = {"--release": (release, f"<root>/{DATASET_DIR}")}
     return pu.run(pu.build_parser(__doc__, EXPECTED_IMAGES, "val", folders), argv, plan)
 
 

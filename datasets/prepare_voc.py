@@ -56,8 +56,8 @@ def plan(args: argparse.Namespace, root: Path) -> pu.Conversion:
 
 def main(argv: list[str] | None = None) -> int:
     """Convert the labels; 0 on success, 2 for a count mismatch with --strict."""
-    voc = "extracted VOC2012 folder (with JPEGImages/, ImageSets/, SegmentationClass/); default: "
-    folders = {"--voc": voc + f"<root>/{DATASET_DIR}"}
+    voc = "extracted VOC2012 folder (with JPEGImages/, ImageSets/, SegmentationClass/)"
+    folders = {"--voc": (voc, f"<root>/{DATASET_DIR}")}
     return pu.run(pu.build_parser(__doc__, EXPECTED_IMAGES, "val", folders), argv, plan)
 
 

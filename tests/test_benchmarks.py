@@ -46,7 +46,15 @@ LAYOUT = {
         "VOCdevkit/VOC2012/annotations_detectron2/voc20_val", ".jpg", ".png"),
     "voc_21_val_sem_seg": (21, "VOCdevkit/VOC2012/JPEGImages",
         "VOCdevkit/VOC2012/annotations_detectron2/voc21_val", ".jpg", ".png"),
+    "coco_object_81_val_sem_seg": (81, "coco-stuff/images/val2017",
+        "coco-stuff/annotations_detectron2/coco_object_val2017", ".jpg", ".png"),
+    "pascal_context_459_val_sem_seg": (459, "VOCdevkit/VOC2010/JPEGImages",
+        "VOCdevkit/VOC2010/annotations_detectron2/pc459_val", ".jpg", ".png"),
+    "ade20k_847_val_sem_seg": (847, "ADE20K_2021_17_01/images_detectron2/validation",
+        "ADE20K_2021_17_01/annotations_detectron2/validation", ".jpg", ".png"),
 }  # fmt: skip
+# Benchmarks of more than 255 classes: 16-bit label maps, 65535 = ignore.
+IGNORE_16BIT = {"pascal_context_459_val_sem_seg", "ade20k_847_val_sem_seg"}
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +82,8 @@ def make_benchmark_tree(root: Path, stems=("img_a", "img_b")) -> None:
 
 def test_class_name_lists():
     counts = {"coco_stuff_171": 171, "ade20k_150": 150, "pascal_context_59": 59,
-              "pascal_context_60": 60, "cityscapes_19": 19, "voc_20": 20, "voc_21": 21}  # fmt: skip
+              "pascal_context_60": 60, "cityscapes_19": 19, "voc_20": 20, "voc_21": 21,
+              "coco_object_81": 81, "pascal_context_459": 459, "ade20k_847": 847}  # fmt: skip
     for key, n in counts.items():
         names = load_class_names(key)
         assert len(names) == n, key
@@ -94,8 +103,8 @@ def test_class_name_lists():
     # the returned list is a copy: callers may edit it
     coco.append("x")
     assert len(load_class_names("coco_stuff_171")) == 171
-    with pytest.raises(ValueError, match=r"unknown class-name list 'ade20k_847'.*voc_21"):
-        load_class_names("ade20k_847")
+    with pytest.raises(ValueError, match=r"unknown class-name list 'ade20k_848'.*voc_21"):
+        load_class_names("ade20k_848")
 
 
 def test_class_names_ship_as_package_data():
@@ -103,7 +112,8 @@ def test_class_names_ship_as_package_data():
     files = sorted(p.name for p in folder.glob("*.json"))
     assert files == sorted(
         f"{k}.json" for k in ["coco_stuff_171", "ade20k_150", "pascal_context_59",
-                              "pascal_context_60", "cityscapes_19", "voc_20", "voc_21"]
+                              "pascal_context_60", "cityscapes_19", "voc_20", "voc_21",
+                              "coco_object_81", "pascal_context_459", "ade20k_847"]
     )  # fmt: skip
     assert json.loads((folder / "voc_20.json").read_text())[14] == "person"
     pyproject = (REPO / "pyproject.toml").read_text()
@@ -115,7 +125,8 @@ def test_metadata_of_every_benchmark(tmp_path):
     for name, (n_cls, image_dir, gt_dir, _, _) in LAYOUT.items():
         meta = MetadataCatalog.get(name)
         assert len(meta.stuff_classes) == n_cls, name
-        assert meta.ignore_label == 255 and meta.evaluator_type == "sem_seg", name
+        assert meta.ignore_label == (65535 if name in IGNORE_16BIT else 255), name
+        assert meta.evaluator_type == "sem_seg", name
         assert len(meta.stuff_colors) == n_cls, name
         assert len({tuple(c) for c in meta.stuff_colors}) == n_cls, f"{name}: repeated colours"
         assert meta.image_root == str(tmp_path / image_dir.removesuffix("/frankfurt"))

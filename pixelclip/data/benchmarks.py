@@ -2,9 +2,11 @@
 
 :func:`register_all_benchmarks` only fills ``DatasetCatalog`` / ``MetadataCatalog``: nothing is
 listed or read until ``DatasetCatalog.get(name)`` runs the loader. Every benchmark has
-``evaluator_type="sem_seg"`` (detectron2's ``SemSegEvaluator``), ``ignore_label=255`` and label
-PNGs holding class indices ``0..C-1`` as produced by ``datasets/prepare_*.py`` (see
-``datasets/README.md`` for the expected trees).
+``evaluator_type="sem_seg"`` (detectron2's ``SemSegEvaluator``) and label PNGs holding class
+indices ``0..C-1`` as produced by ``datasets/prepare_*.py`` (see ``datasets/README.md`` for the
+expected trees): 8-bit with ``ignore_label=255``, or, for the two benchmarks of more than 255
+classes (Pascal-Context-459, ADE20K-847), 16-bit with ``ignore_label=65535`` (the convention of
+MaskFormer / CAT-Seg, which store them as 16-bit TIFFs).
 
 Names are chosen not to clash with detectron2's builtin ones (``ade20k_sem_seg_val``,
 ``cityscapes_fine_sem_seg_val``, ...), which stay registered and untouched.
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 DATASETS_ENV = "DETECTRON2_DATASETS"
 IGNORE_LABEL = 255
+IGNORE_LABEL_16BIT = 65535  # label maps of benchmarks with more than 255 classes
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,9 @@ class BenchmarkSpec:
     image_ext: str
     gt_ext: str
     num_images: int
-    prepare: str  # the script that produces gt_dir
-    background_first: bool = False  # class 0 is "background" (VOC-21, Context-60)
+    prepare: str  # the command (script and options) of datasets/ that produces gt_dir
+    background_first: bool = False  # class 0 is "background" (VOC-21, Context-60, COCO-Object)
+    ignore_label: int = IGNORE_LABEL  # IGNORE_LABEL_16BIT for 16-bit label maps
 
 
 BENCHMARKS: tuple[BenchmarkSpec, ...] = (
@@ -81,6 +85,22 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
         "voc_21_val_sem_seg", "voc_21", "VOCdevkit/VOC2012/JPEGImages",
         "VOCdevkit/VOC2012/annotations_detectron2/voc21_val", ".jpg", ".png", 1449,
         "prepare_voc.py", background_first=True,
+    ),
+    # The three benchmarks of the training-free protocol (datasets/README.md).
+    BenchmarkSpec(
+        "coco_object_81_val_sem_seg", "coco_object_81", "coco-stuff/images/val2017",
+        "coco-stuff/annotations_detectron2/coco_object_val2017", ".jpg", ".png", 5000,
+        "prepare_coco_stuff.py --coco-object", background_first=True,
+    ),
+    BenchmarkSpec(
+        "pascal_context_459_val_sem_seg", "pascal_context_459", "VOCdevkit/VOC2010/JPEGImages",
+        "VOCdevkit/VOC2010/annotations_detectron2/pc459_val", ".jpg", ".png", 5105,
+        "prepare_pascal_context.py", ignore_label=IGNORE_LABEL_16BIT,
+    ),
+    BenchmarkSpec(
+        "ade20k_847_val_sem_seg", "ade20k_847", "ADE20K_2021_17_01/images_detectron2/validation",
+        "ADE20K_2021_17_01/annotations_detectron2/validation", ".jpg", ".png", 2000,
+        "prepare_ade20k_847.py", ignore_label=IGNORE_LABEL_16BIT,
     ),
 )  # fmt: skip
 
@@ -368,7 +388,7 @@ def register_all_benchmarks(root: str | os.PathLike | None = None) -> None:
         metadata = dict(
             stuff_classes=names,
             stuff_colors=_benchmark_colors(spec, len(names)),
-            ignore_label=IGNORE_LABEL,
+            ignore_label=spec.ignore_label,
             evaluator_type="sem_seg",
             image_root=os.path.join(base, spec.image_dir),
             sem_seg_root=os.path.join(base, spec.gt_dir),

@@ -1,8 +1,9 @@
 """Shared helpers of the ``datasets/prepare_*.py`` label converters.
 
-Every converter reads an official release, writes detectron2-style label PNGs (uint8 class indices
-``0..C-1``, 255 = ignore) and places the split's images under the dataset root. The helpers here
-make every script behave the same way:
+Every converter reads an official release, writes detectron2-style label PNGs (class indices
+``0..C-1``; 8-bit with 255 = ignore, or 16-bit with 65535 = ignore for benchmarks of more than 255
+classes) and places the split's images under the dataset root. The helpers here make every script
+behave the same way:
 
 * atomic writes (temporary file in the destination folder + ``os.replace``), so an interrupted run
   never leaves a truncated PNG, and a re-run skips what is done (resumable);
@@ -32,11 +33,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..checkpoint.safe_io import write_atomically
+from ..cli_help import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
 DATASETS_ENV = "DETECTRON2_DATASETS"
 IGNORE_LABEL = 255
+# Ignore value of 16-bit label maps (benchmarks of more than 255 classes: PC-459, ADE-847), as in
+# the detectron2 projects that evaluate them (MaskFormer's prepare_ade20k_full_sem_seg.py).
+IGNORE_LABEL_16BIT = 65535
 LINK_MODES = ("hardlink", "symlink", "copy")
 
 # Exit codes of the prepare scripts' ``main``.
@@ -49,28 +54,40 @@ def default_dataset_root() -> Path:
     return Path(os.path.expanduser(os.getenv(DATASETS_ENV, "datasets")))
 
 
+def described_default(text: str, default: str) -> str:
+    """Help text of an option whose default is computed at run time (its argparse default is None).
+
+    The shared :class:`~pixelclip.cli_help.HelpFormatter` appends ``(default: <value>)`` unless the
+    text mentions ``%(default)``; ``%(default).0s`` mentions it and prints nothing, so the reader
+    sees ``default`` once, described, instead of ``(default: None)``.
+    """
+    return f"{text} (default: {default})%(default).0s"
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Add the options every prepare script shares: --root, --link-mode, --overwrite, --strict."""
+    """Add the options every prepare script shares: --root, --link-mode, --overwrite, --strict,
+    --quiet."""
     parser.add_argument(
         "--root",
         type=Path,
         default=None,
-        help=f"dataset root that receives the detectron2-style folders "
-        f"(default: ${DATASETS_ENV} if set, else ./datasets)",
+        help=described_default(
+            "dataset root that receives the detectron2-style folders",
+            f"${DATASETS_ENV} if set, else ./datasets",
+        ),
     )
     parser.add_argument(
         "--link-mode",
         choices=LINK_MODES,
         default="hardlink",
         help="how images are placed under the dataset root when the release lies elsewhere: "
-        "hardlink (no extra space; falls back to copy across file systems), symlink, or copy "
-        "(default: hardlink)",
+        "hardlink (no extra space; falls back to copy across file systems), symlink, or copy",
     )
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="convert again even when an output file exists (default: skip finished files, "
-        "so an interrupted run resumes where it stopped)",
+        help="convert again even when an output file exists; without it finished files are "
+        "skipped, so an interrupted run resumes where it stopped",
     )
     parser.add_argument(
         "--strict",
@@ -87,15 +104,20 @@ def resolve_root(root: Path | None) -> Path:
 
 
 def atomic_save_png(label: np.ndarray, path: Path) -> None:
-    """Write a label map as an 8-bit grayscale PNG, atomically.
+    """Write a label map as a grayscale PNG, atomically: 8-bit for a uint8 array, 16-bit for uint16.
 
     Args:
-        label: (H, W) integer array with values in [0, 255].
+        label: (H, W) uint8 or uint16 array of class indices (and the ignore value).
         path: destination; its folder is created if needed.
     """
     if label.ndim != 2:
         raise ValueError(f"label for {path} must be 2-D (H, W), got shape {label.shape}")
-    image = Image.fromarray(label.astype(np.uint8, copy=False), mode="L")
+    if label.dtype == np.uint8:
+        image = Image.fromarray(label, mode="L")
+    elif label.dtype == np.uint16:
+        image = Image.fromarray(label)  # PIL mode "I;16": a 16-bit grayscale PNG
+    else:
+        raise ValueError(f"label for {path} must be uint8 or uint16, got {label.dtype}")
     write_atomically(path, lambda f: image.save(f, format="PNG"))
 
 
@@ -143,10 +165,14 @@ def read_label_image(path: Path) -> np.ndarray:
 
 
 def lookup_table(
-    mapping: dict[int, int], default: int = IGNORE_LABEL, size: int = 256
+    mapping: dict[int, int],
+    default: int = IGNORE_LABEL,
+    size: int = 256,
+    dtype: type = np.uint8,
 ) -> np.ndarray:
-    """A (size,) uint8 table: each key of ``mapping`` -> its value, other indices -> ``default``."""
-    lut = np.full(size, default, dtype=np.uint8)
+    """A (size,) table of ``dtype``: each key of ``mapping`` -> its value, other indices ->
+    ``default``."""
+    lut = np.full(size, default, dtype=dtype)
     for src, dst in mapping.items():
         lut[src] = dst
     return lut
@@ -157,10 +183,10 @@ def apply_lut(label: np.ndarray, lut: np.ndarray, path: Path | str = "") -> np.n
 
     Args:
         label: (H, W) non-negative integer array.
-        lut: (N,) uint8 table.
+        lut: (N,) uint8 or uint16 table.
 
     Returns:
-        (H, W) uint8 array.
+        (H, W) array of the table's dtype.
     """
     if label.size and (label.min() < 0 or label.max() >= len(lut)):
         raise ValueError(
@@ -204,6 +230,7 @@ def convert_samples(
     desc: str = "",
     progress: bool = True,
     total: int | None = None,
+    place: Callable[[Sample, str], None] | None = None,
 ) -> Summary:
     """Place each sample's image and write its converted label maps.
 
@@ -211,6 +238,9 @@ def convert_samples(
         samples: the split's samples.
         convert: maps a sample to one (H, W) label array per entry of ``sample.label_dsts``.
         link_mode: see :func:`place_image`.
+        place: ``place(sample, link_mode)`` puts the sample's image at ``sample.image_dst``
+            (default: :func:`place_image` of ``image_src``; a script that resizes images writes
+            them itself).
         overwrite: convert even when every output exists.
         desc: progress-bar title.
         progress: show a tqdm bar.
@@ -225,7 +255,10 @@ def convert_samples(
         if not sample.image_src.is_file() or not sample.label_src.is_file():
             summary.missing.append(sample.key)
             continue
-        place_image(sample.image_src, sample.image_dst, link_mode)
+        if place is None:
+            place_image(sample.image_src, sample.image_dst, link_mode)
+        else:
+            place(sample, link_mode)
         if not overwrite and all(p.is_file() for p in sample.label_dsts):
             summary.skipped += 1
             continue
@@ -294,25 +327,36 @@ class Conversion:
     samples: Sequence[Sample]
     convert: Callable[[Sample], Sequence[np.ndarray]]
     expected: int | None  # official number of images (None: no count check)
+    # places a sample's image (see convert_samples); None: link or copy image_src
+    place: Callable[[Sample, str], None] | None = None
+    # keys of listed images the release has no annotation for (reported with the missing files)
+    missing: Sequence[str] = ()
 
 
 def build_parser(
-    doc: str, splits: Mapping[str, int], default_split: str, folders: Mapping[str, str]
+    doc: str,
+    splits: Mapping[str, int],
+    default_split: str,
+    folders: Mapping[str, tuple[str, str]],
 ) -> argparse.ArgumentParser:
-    """The parser of a prepare script: ``doc`` as its help, ``--split`` (one of ``splits``, which
-    maps each split to its official image count), the options of :func:`add_common_args`, and one
-    path option per entry of ``folders`` (option -> help; default None: the script's default)."""
-    parser = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for option, text in folders.items():
-        parser.add_argument(option, type=Path, default=None, help=text)
+    """The parser of a prepare script, with the project's help format (every option's default).
+
+    Args:
+        doc: the script's docstring, shown as the description.
+        splits: each split the script converts -> its official image count (``--split``).
+        default_split: the split converted by default.
+        folders: one path option per entry, ``option -> (help, description of its default)``;
+            the argparse default is None (the script computes it from the other options).
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    for option, (text, default) in folders.items():
+        parser.add_argument(option, type=Path, default=None, help=described_default(text, default))
+    counts = ", ".join(f"{split}: {n}" for split, n in splits.items())
     parser.add_argument(
         "--split",
         choices=sorted(splits),
         default=default_split,
-        help=f"split to convert (default: {default_split}, the "
-        f"{splits[default_split]}-image benchmark)",
+        help=f"split to convert (official image counts: {counts})",
     )
     add_common_args(parser)
     return parser
@@ -396,5 +440,8 @@ def run(
         overwrite=args.overwrite,
         desc=job.what,
         progress=not args.quiet,
+        total=len(job.samples),
+        place=job.place,
     )
+    summary.missing[:0] = list(job.missing)
     return report(summary, job.expected, job.what, args.strict)

@@ -36,6 +36,12 @@ def test_report_has_the_documented_schema(quick_report):
         "repeats": 3,
         "threads": 1,
         "isolated": False,
+        "device": "cpu",
+        "dtype": ["fp32", "bf16"],
+        "batch": 2,
+        "tf32": False,
+        "channels_last": False,
+        "compile": None,
     }
     machine = r["machine"]
     for key in ("cpu", "logical_cpus", "cpu_flags", "torch", "torch_threads", "env"):
@@ -96,8 +102,23 @@ def test_targets_in_the_report_follow_the_results(quick_report):
     assert len(targets) == len(bench.TARGETS)
     train = {x["name"]: x for x in quick_report["results"]}["train:vit:base:fp32"]
     t = targets["train ViT-B/16 fp32 (s)"]
-    assert t["value"] == train["median_s"] and t["met"] == (train["median_s"] <= 8.0)
-    assert targets["train ViT-B/16 bf16 (s)"]["met"] is None  # not run
+    # A tiny model's value is reported, never judged against a ViT-B/16 target.
+    assert t["value"] == train["median_s"] and t["met"] is None
+    assert t["status"] == "not judged (tiny model)"
+    assert targets["mapper speed-up over yardstick"]["status"] == "not judged (tiny sample)"
+    assert targets["train ViT-B/16 bf16 (s)"]["status"] == "not run"
+
+
+def test_quick_and_gpu_runs_print_no_verdict(quick_report, capsys):
+    table = bench.format_table(quick_report)
+    lines = [line for line in table.splitlines() if line.startswith("target train ViT-B/16 fp32")]
+    assert lines and all("not judged (tiny model)" in line for line in lines)
+    assert " MET" not in table
+    results = [{"name": "train:vit:base:fp32", "median_s": 1.0}]
+    (gpu,) = [t for t in bench.evaluate_targets(results, device="cuda") if t["value"] is not None]
+    assert gpu["met"] is None and gpu["status"] == "not judged (CPU target)"
+    (cpu,) = [t for t in bench.evaluate_targets(results) if t["value"] is not None]
+    assert cpu["met"] is True and cpu["status"] == "MET"
 
 
 def test_targets_are_judged_against_the_limits():

@@ -14,6 +14,8 @@ from pixelclip.modeling.text import CLIPTextEncoder
 from pixelclip.modeling.vocabulary import (
     PROMPT_ENSEMBLES,
     VocabularyEmbedder,
+    common_prefix_length,
+    encode_prompt_texts,
     encode_vocabulary,
     load_vocabulary,
     prompt_templates,
@@ -29,14 +31,15 @@ def encoder(tiny_vit, tokenizer):
 
 
 def count_encode_calls(encoder, monkeypatch):
+    """Record (rows, length, shared prefix) of every text-tower pass."""
     calls = []
-    original = encoder.encode_text
+    original = encoder.encode_embeddings
 
-    def counted(texts, batch_size=256):
-        calls.append(len(texts))
-        return original(texts, batch_size=batch_size)
+    def counted(embeds, eot_index, shared_prefix=0):
+        calls.append((embeds.shape[0], embeds.shape[1], shared_prefix))
+        return original(embeds, eot_index, shared_prefix=shared_prefix)
 
-    monkeypatch.setattr(encoder, "encode_text", counted)
+    monkeypatch.setattr(encoder, "encode_embeddings", counted)
     return calls
 
 
@@ -134,8 +137,12 @@ def naive_class_embeddings(model, tokenizer, names, templates):
 def test_encode_vocabulary_matches_naive_loop(tiny_vit, tokenizer, encoder, monkeypatch):
     calls = count_encode_calls(encoder, monkeypatch)
     got = encode_vocabulary(encoder, NAMES, TEMPLATES)
-    assert len(calls) == 1  # one batched call for every (class, synonym, template) text
-    assert calls[0] == (1 + 3 + 1 + 1) * len(TEMPLATES)
+    # One pass per template for its (class, synonym) texts, the template's leading tokens
+    # (start-of-text and the words before the class) shared.
+    assert len(calls) == len(TEMPLATES)
+    assert sum(rows for rows, _, _ in calls) == (1 + 3 + 1 + 1) * len(TEMPLATES)
+    prefixes = [len(tokenizer.encode(t.split("{}")[0])) + 1 for t in TEMPLATES]
+    assert [p for _, _, p in calls] == prefixes
     expected = naive_class_embeddings(tiny_vit, tokenizer, NAMES, TEMPLATES)
     model64 = copy.deepcopy(tiny_vit).double()
     expected64 = naive_class_embeddings(model64, tokenizer, NAMES, TEMPLATES)
@@ -162,7 +169,7 @@ def test_embedder_memory_and_disk_cache(encoder, tmp_path, monkeypatch, caplog):
     embedder = VocabularyEmbedder(cache_dir=tmp_path / "cache")
     first = embedder(encoder, NAMES, TEMPLATES)
     second = embedder(encoder, NAMES, TEMPLATES)
-    assert len(calls) == 1
+    assert len(calls) == len(TEMPLATES)  # the first call only
     assert torch.equal(first, second)
     expected = encode_vocabulary(encoder, NAMES, TEMPLATES)
     torch.testing.assert_close(first, expected)
@@ -178,7 +185,7 @@ def test_embedder_memory_and_disk_cache(encoder, tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         again = VocabularyEmbedder(cache_dir=tmp_path / "cache")(encoder, NAMES, TEMPLATES)
     assert "ignoring unreadable" in caplog.text
-    assert len(calls) == 1
+    assert len(calls) == len(TEMPLATES)
     torch.testing.assert_close(again, first)
     data = torch.load(files[0], weights_only=True)  # rewritten, readable again
     assert torch.equal(data["embeddings"], again)
@@ -201,3 +208,47 @@ def test_embedder_key_follows_weights_names_and_templates(encoder):
     assert not torch.allclose(before, after)
     with pytest.raises(ValueError, match="max_memory_entries"):
         VocabularyEmbedder(max_memory_entries=0)
+
+
+def test_common_prefix_length():
+    ids = torch.tensor([[49406, 7, 8, 9, 49407], [49406, 7, 8, 5, 49407], [49406, 7, 8, 9, 3]])
+    assert common_prefix_length(ids, torch.tensor([4, 4, 4])) == 3
+    assert common_prefix_length(ids, torch.tensor([4, 2, 4])) == 2  # never past an end-of-text
+    assert common_prefix_length(ids[:1], torch.tensor([4])) == 4
+    assert common_prefix_length(torch.tensor([[1, 2], [3, 2]]), torch.tensor([1, 1])) == 0
+
+
+def test_prompt_texts_with_shared_prefixes_equal_the_plain_encoding(
+    tiny_vit, tokenizer, encoder, monkeypatch
+):
+    """Grouped, prefix-sharing encoding against open_clip's 77-token encode_text in float64 and
+    in fp32, with groups of one text, groups without a common prefix and small batches."""
+    texts = [t.format(n) for t in TEMPLATES for n in ("cat", "traffic light", "a b c d e")]
+    texts += ["dog", "sky at night", "a photo of a dog"]
+    groups = [i // 3 for i in range(9)] + [9, 10, 10]
+    calls = count_encode_calls(encoder, monkeypatch)
+    got = encode_prompt_texts(encoder, texts, groups, batch_size=2)
+    assert any(p > 0 for _, _, p in calls)  # prefixes were shared
+    assert sum(rows for rows, _, _ in calls) == len(texts)
+    tokens = tokenizer(texts)
+    with torch.no_grad():
+        expected = tiny_vit.encode_text(tokens)
+        expected64 = copy.deepcopy(tiny_vit).double().encode_text(tokens)
+    assert_close_to_float64(got, expected64, expected)
+    with pytest.raises(ValueError, match="group_of has 1 labels for 2 texts"):
+        encode_prompt_texts(encoder, ["a", "b"], [0])
+    assert encode_prompt_texts(encoder, [], []).shape == (0, 32)
+
+
+def test_prompt_texts_cost_fewer_positions_than_plain(encoder, monkeypatch):
+    """The positions the tower runs (rows x length, the shared prefix counted once per pass)
+    for 3 templates x 4 classes: fewer than one encode_text call on the same texts."""
+    names = ["cat", "traffic light", "sky", "tree"]
+    texts = [t.format(n) for t in TEMPLATES for n in names]
+    calls = count_encode_calls(encoder, monkeypatch)
+    encode_prompt_texts(encoder, texts, [i // 4 for i in range(len(texts))])
+    ours = sum(p + rows * (length - p) for rows, length, p in calls)
+    calls.clear()
+    encoder.encode_text(texts)
+    plain = sum(rows * length for rows, length, _ in calls)
+    assert ours < plain

@@ -7,7 +7,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,16 +70,12 @@ def peak_rss_mb() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
-def timed_runs(fn, warmup: int, repeats: int) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+def timed_runs(fn, warmup: int, repeats: int, device: str = "cpu") -> list[float]:
+    """Seconds of ``repeats`` calls after ``warmup`` untimed calls (wall clock on CPU, CUDA
+    events on a GPU: :func:`.device.timed_runs`)."""
+    from .device import timed_runs as device_timed_runs
+
+    return device_timed_runs(fn, warmup, repeats, device)
 
 
 def summary(times: list[float]) -> dict:
@@ -100,10 +95,12 @@ def count_flops(fn, by_module: bool = False):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .device import eager_mode
+
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with FlopCounterMode(display=False) as counter:
+    try:  # compiled modules (--compile) run eagerly here, so that the counter sees their ops
+        with eager_mode(), FlopCounterMode(display=False) as counter:
             fn()
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -148,7 +145,17 @@ def machine_description(threads: int) -> dict:
     }
 
 
-def build_cfg(model: str, precision: str, s: dict, quick: bool, opts: list[str] | None = None):
+def build_cfg(
+    model: str,
+    precision: str,
+    s: dict,
+    quick: bool,
+    opts: list[str] | None = None,
+    device: str = "cpu",
+):
+    """The benchmarked config: ``precision`` "bf16" is the model's own autocast
+    (MODEL.PIXELCLIP.PRECISION), "fp16" the training code's AMP switch (SOLVER.AMP.ENABLED:
+    fp16 autocast with a GradScaler, as detectron2's AMPTrainer runs it)."""
     from detectron2.config import get_cfg
 
     from ..checkpoint import merge_config_file
@@ -158,7 +165,7 @@ def build_cfg(model: str, precision: str, s: dict, quick: bool, opts: list[str] 
     cfg = get_cfg()
     add_pixelclip_config(cfg)
     merge_config_file(cfg, REPO / "configs" / m["config"])
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = device
     cfg.MODEL.CLIP.PRETRAINED = ""  # random weights: timings do not depend on the values
     cfg.MODEL.CLIP.MODEL_NAME = m["name"]
     if quick:
@@ -170,7 +177,8 @@ def build_cfg(model: str, precision: str, s: dict, quick: bool, opts: list[str] 
     cfg.MODEL.CLIP.RESOLUTION = m["res"]
     cfg.MODEL.PROMPT.NUM_CLUSTERS = s["clusters"]
     cfg.MODEL.PIXELCLIP.MASK_RESOLUTION = s["grid"]
-    cfg.MODEL.PIXELCLIP.PRECISION = precision
+    cfg.MODEL.PIXELCLIP.PRECISION = "bf16" if precision == "bf16" else "fp32"
+    cfg.SOLVER.AMP.ENABLED = precision == "fp16"
     cfg.MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE = s["ensemble"]
     cfg.SEED = 0
     cfg.merge_from_list(list(opts or []))

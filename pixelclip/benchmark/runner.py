@@ -22,8 +22,20 @@ Benchmark names (``--only`` takes names or prefixes such as ``train:vit``):
 - ``shards:tar`` / ``shards:folder``: samples/s of one data-loader worker (one torch thread)
   reading and mapping generated SA-1B samples from a tar shard (DATASETS.SA1B.SHARDS) and from
   the extracted folder (:mod:`.shards`).
-- ``profile:vit:base:{fp32,bf16}`` (only with ``--profile``): time per phase of one training
-  step and the top operators of torch.profiler.
+- ``vocab:vit:{ours,plain}``: a new vocabulary (150 ADE20K classes x 8 templates) through the
+  random-weight ViT-B/16 text tower, as ``encode_vocabulary`` does it and as one plain
+  ``encode_text`` call on the same texts (:mod:`.vocab`).
+- ``flops:{vit,convnext}:{base,realistic}`` (only by name): the FLOPs of one training step at
+  ``--batch`` images, counted, not timed (the paper's per-GPU batch is 12).
+- ``profile:vit:base:{fp32,bf16}`` (only with ``--profile``, CPU only): time per phase of one
+  training step and the top operators of torch.profiler.
+
+GPU runs: ``--device cuda`` times every workload with CUDA events after warm-up and
+synchronisation and reports torch.cuda.max_memory_allocated; ``--dtype`` picks the precisions
+(fp16 is the training code's AMP: autocast and a GradScaler), ``--channels-last``, ``--compile``
+and ``--tf32`` are switches, and the MFU is given against the GPU's datasheet peak
+(:data:`.device.GPU_PEAKS`; on CPU against the measured matmul). ``--gpu-suite`` runs the first
+GPU hour's checks in one go (:mod:`.gpu_suite`; ``--dry-run``: the same on CPU, tiny).
 
 Model FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions
 and attention, forward and backward; 1 multiply-add = 2 FLOPs) in one more run after the timed
@@ -34,6 +46,8 @@ Usage:
     python tools/benchmark.py --output benchmark.json               # everything (slow on CPU)
     python tools/benchmark.py --only train:vit:base matmul --repeats 3
     python tools/benchmark.py --quick --output /tmp/quick.json      # tiny models, seconds
+    python tools/benchmark.py --device cuda --dtype bf16 --only train:vit infer:vit
+    python tools/benchmark.py --gpu-suite --output gpu_suite.json   # the first GPU hour
 """
 
 from __future__ import annotations
@@ -50,24 +64,36 @@ from pathlib import Path
 
 from ..cli_help import HelpFormatter
 from .common import FULL, QUICK, REPO, machine_description, peak_rss_mb
+from .device import DTYPES, configure_tf32
 from .infer import bench_infer
 from .mapper import bench_mapper, write_sa1b_sample
 from .matmul import bench_matmul
 from .shards import bench_shards, write_shard_samples
-from .train import bench_profile, bench_train
+from .train import bench_flops, bench_profile, bench_train
+from .vocab import bench_vocab
 
 SCHEMA = "pixelclip-benchmark/1"
 MODELS = ("vit", "convnext")
-PRECISIONS = ("fp32", "bf16")
-ALL_SPECS = (
-    [f"train:{m}:{load}:{p}" for m in MODELS for load in ("base", "realistic") for p in PRECISIONS]
-    + [f"infer:{m}:{proto}:{p}" for m in MODELS for proto in ("whole", "slide") for p in PRECISIONS]
-    + ["mapper:ours", "mapper:yardstick"]
-    + [f"matmul:{p}" for p in PRECISIONS]
-    + ["shards:tar", "shards:folder"]
-)
+PRECISIONS = ("fp32", "bf16")  # the default --dtype
+LOADS = ("base", "realistic")
+
+
+def all_specs(dtypes=PRECISIONS) -> list[str]:
+    """Every benchmark run by default, in the given precisions."""
+    return (
+        [f"train:{m}:{load}:{p}" for m in MODELS for load in LOADS for p in dtypes]
+        + [f"infer:{m}:{proto}:{p}" for m in MODELS for proto in ("whole", "slide") for p in dtypes]
+        + ["mapper:ours", "mapper:yardstick"]
+        + [f"matmul:{p}" for p in dtypes]
+        + ["shards:tar", "shards:folder", "vocab:vit:ours", "vocab:vit:plain"]
+    )
+
+
+ALL_SPECS = all_specs()
 PROFILE_SPECS = tuple(f"profile:vit:base:{p}" for p in PRECISIONS)
-# The performance targets (docs/PERFORMANCE.md): (name, benchmark, field, comparison, limit).
+FLOPS_SPECS = tuple(f"flops:{m}:{load}" for m in MODELS for load in LOADS)
+# The performance targets (docs/PERFORMANCE.md): (name, benchmark, field, comparison, limit),
+# all set for the real models and sizes on CPU: --quick and --device cuda runs are not judged.
 TARGETS = (
     ("train ViT-B/16 fp32 (s)", "train:vit:base:fp32", "median_s", "<=", 8.0),
     ("train ViT-B/16 bf16 (s)", "train:vit:base:bf16", "median_s", "<=", 4.0),
@@ -82,7 +108,8 @@ TARGETS = (
 
 
 RUNNERS = {"train": bench_train, "infer": bench_infer, "matmul": bench_matmul,
-           "mapper": bench_mapper, "profile": bench_profile, "shards": bench_shards}  # fmt: skip
+           "mapper": bench_mapper, "profile": bench_profile, "shards": bench_shards,
+           "vocab": bench_vocab, "flops": bench_flops}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -92,6 +119,7 @@ def run_worker(spec: str, args) -> dict:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    configure_tf32(args.device, args.tf32)
     settings = QUICK if args.quick else FULL
     load_before = os.getloadavg()
     try:
@@ -109,9 +137,11 @@ def run_isolated(spec: str, args) -> dict:
     """Run one benchmark in a fresh interpreter, so that its peak RSS is its own."""
     cmd = [sys.executable, "-m", "pixelclip.benchmark", "--worker", spec,
            "--threads", str(args.threads), "--warmup", str(args.warmup),
-           "--repeats", str(args.repeats)]  # fmt: skip
-    if args.quick:
-        cmd.append("--quick")
+           "--repeats", str(args.repeats), "--device", args.device, "--batch", str(args.batch),
+           "--compile-backend", args.compile_backend]  # fmt: skip
+    for flag in ("quick", "tf32", "channels_last", "compile"):
+        if getattr(args, flag):
+            cmd.append("--" + flag.replace("_", "-"))
     if args.sample_dir:
         cmd += ["--sample-dir", args.sample_dir]
     if args.opts:
@@ -143,15 +173,24 @@ def add_derived(results: list[dict]) -> None:
         tar["tar_vs_folder"] = tar["samples_per_s"] / folder["samples_per_s"]
 
 
-def evaluate_targets(results: list[dict]) -> list[dict]:
-    """Performance targets against the results; ``met`` is None when the benchmark did not run."""
+def evaluate_targets(results: list[dict], quick: bool = False, device: str = "cpu") -> list[dict]:
+    """Performance targets against the results; ``met`` is None when the benchmark did not run
+    or is not judged: the targets are for ViT-B/16 (and the real SA-1B sample) on CPU, so a
+    --quick run (tiny models and samples) or a GPU run reports its values without a verdict."""
     by_name = {r["name"]: r for r in results}
     out = []
     for name, spec, field, op, limit in TARGETS:
         value = by_name.get(spec, {}).get(field)
         met = None if value is None else (value <= limit if op == "<=" else value >= limit)
+        status = {True: "MET", False: "NOT MET", None: "not run"}[met]
+        if value is not None and quick:
+            met = None
+            status = "not judged (tiny sample)" if spec.startswith("mapper") else (
+                "not judged (tiny model)")  # fmt: skip
+        elif value is not None and device != "cpu":
+            met, status = None, "not judged (CPU target)"
         out.append({"target": name, "benchmark": spec, "field": field, "limit": f"{op} {limit}",
-                    "value": value, "met": met})  # fmt: skip
+                    "value": value, "met": met, "status": status})  # fmt: skip
     return out
 
 
@@ -160,6 +199,9 @@ EXTRA_FIELDS = (
     ("gflops", "{:.1f} GFLOP/s"),
     ("gflops_achieved", "{:.1f} GFLOP/s"),
     ("matmul_fraction", "{:.0%} of matmul"),
+    ("mfu", "MFU {:.1%}"),
+    ("peak_cuda_mb", "CUDA peak {:.0f} MiB"),
+    ("gflop_per_image", "{:.0f} GFLOP/image"),
     ("speedup_vs_yardstick", "x{:.1f} vs yardstick"),
     ("tar_vs_folder", "x{:.2f} vs folder"),
     ("vocabulary_encoding_s", "vocabulary {:.1f} s"),
@@ -176,21 +218,24 @@ def format_table(report: dict) -> str:
         for key, fmt in EXTRA_FIELDS:
             if key in r:
                 extra.append(fmt.format(r[key]))
-        rows.append(f"{r['name']:28s} {r['median_s']:9.3f} {r['min_s']:9.3f} {r['max_s']:9.3f} "
-                    f"{r['peak_rss_mb']:8.0f}  {', '.join(extra)}")  # fmt: skip
+        if "mfu_note" in r:
+            extra.append(r["mfu_note"])
+        times = [f"{r[k]:9.3f}" if k in r else f"{'-':>9s}" for k in ("median_s", "min_s", "max_s")]
+        rows.append(f"{r['name']:28s} {' '.join(times)} {r['peak_rss_mb']:8.0f}  "
+                    f"{', '.join(extra)}")  # fmt: skip
     for t in report["targets"]:
         value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
-        status = {True: "MET", False: "NOT MET", None: "not run"}[t["met"]]
-        rows.append(f"target {t['target']:38s} {t['limit']:>9s}  {value:>8s}  {status}")
+        rows.append(f"target {t['target']:38s} {t['limit']:>9s}  {value:>8s}  {t['status']}")
     load = report["load_average"]
     rows.append(f"load average (1, 5, 15 min): start {load['start']}, end {load['end']}")
     return "\n".join(rows)
 
 
-def select_specs(patterns: list[str] | None, profile: bool) -> list[str]:
-    known = ALL_SPECS + list(PROFILE_SPECS)
+def select_specs(patterns: list[str] | None, profile: bool, dtypes=PRECISIONS) -> list[str]:
+    specs = all_specs(dtypes)
+    known = specs + list(PROFILE_SPECS) + list(FLOPS_SPECS)
     if not patterns:
-        return ALL_SPECS + (list(PROFILE_SPECS) if profile else [])
+        return specs + (list(PROFILE_SPECS) if profile else [])
     chosen = []
     for pattern in patterns:
         hits = [s for s in known if s == pattern or s.startswith(pattern + ":")
@@ -225,14 +270,38 @@ def parse_args(argv=None):
         metavar="KEY VALUE",
         help="config overrides of the train/infer models, e.g. MODEL.CLIP.GRAD_CHECKPOINTING True",
     )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
+    p.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(PRECISIONS),
+                   help="precisions of the train/infer/matmul benchmarks (fp16: autocast + "
+                   "GradScaler, the training code's SOLVER.AMP.ENABLED)")  # fmt: skip
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions (CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last model weights")
+    p.add_argument("--compile", action="store_true", help="torch.compile the heavy modules")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
+    p.add_argument("--batch", type=int, default=2, help="images per training step")
+    p.add_argument(
+        "--gpu-suite",
+        action="store_true",
+        help="run the first-GPU-hour suite instead (pixelclip/benchmark/gpu_suite.py)",
+    )
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --gpu-suite: every step on CPU with tiny sizes")  # fmt: skip
+    p.add_argument("--keep", help="with --gpu-suite: keep the generated data and runs here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--sample-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for key in ("warmup", "repeats", "threads"):
+    for key in ("warmup", "repeats", "threads", "batch"):
         if getattr(args, key) < 1:
             p.error(f"--{key} must be >= 1, got {getattr(args, key)}")
     if len(args.opts) % 2:
         p.error(f"--opts takes KEY VALUE pairs, got {args.opts}")
+    if args.dry_run and not args.gpu_suite:
+        p.error("--dry-run goes with --gpu-suite")
+    if args.device == "cuda" and not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda: torch.cuda.is_available() is False on this machine")
     return args
 
 
@@ -242,7 +311,13 @@ def main(argv=None) -> dict | None:
     if args.worker:
         print(json.dumps(run_worker(args.worker, args)))
         return None
-    specs = select_specs(args.only, args.profile)
+    if args.gpu_suite:
+        from .gpu_suite import run_suite
+
+        return run_suite(args)
+    if args.device == "cuda" and args.profile:
+        raise SystemExit("--profile times phases with the CPU clock: CPU only")
+    specs = select_specs(args.only, args.profile, args.dtype)
     load_start = list(os.getloadavg())
     settings = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="pixelclip-bench-") as tmp:
@@ -267,11 +342,17 @@ def main(argv=None) -> dict | None:
             "repeats": args.repeats,
             "threads": args.threads,
             "isolated": not args.in_process,
+            "device": args.device,
+            "dtype": args.dtype,
+            "batch": args.batch,
+            "tf32": args.tf32,
+            "channels_last": args.channels_last,
+            "compile": args.compile_backend if args.compile else None,
         },  # fmt: skip
         "machine": machine_description(args.threads),
         "load_average": {"start": load_start, "end": list(os.getloadavg())},
         "results": results,
-        "targets": evaluate_targets(results),
+        "targets": evaluate_targets(results, args.quick, args.device),
     }
     print(format_table(report))
     if args.output:

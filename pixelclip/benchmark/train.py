@@ -9,13 +9,16 @@ from .common import build_cfg, count_flops, summary
 from .matmul import time_against_matmul
 
 
-def synthetic_batch(num_masks: int, size: int, grid: int, seed: int = 0) -> list[dict]:
-    """2 random images (size x size) with ``num_masks`` random rectangles each on the grid."""
+def synthetic_batch(
+    num_masks: int, size: int, grid: int, seed: int = 0, images: int = 2
+) -> list[dict]:
+    """``images`` random images (size x size) with ``num_masks`` random rectangles each on the
+    grid."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     batch = []
-    for _ in range(2):
+    for _ in range(images):
         masks = torch.zeros(num_masks, grid, grid, dtype=torch.bool)
         for j in range(num_masks):
             y, x = torch.randint(0, grid - 2, (2,), generator=g).tolist()
@@ -37,18 +40,31 @@ def synthetic_batch(num_masks: int, size: int, grid: int, seed: int = 0) -> list
     return batch
 
 
-def make_train_step(cfg, num_masks: int, size: int, phases: dict | None = None):
+def make_train_step(
+    cfg, num_masks: int, size: int, phases: dict | None = None, args=None, images: int = 2
+):
+    """One training iteration as a function: forward, backward, optimizer step. With
+    SOLVER.AMP.ENABLED (``--dtype fp16``) the forward runs under fp16 autocast and the loss
+    through a GradScaler, unscaled before the optimizer's gradient clipping; ``args`` brings
+    ``--channels-last`` and ``--compile``."""
     import torch
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
     from ..solver import build_optimizer
+    from .device import autocast, grad_scaler, prepare_model
 
+    device = cfg.MODEL.DEVICE
+    precision = "fp16" if cfg.SOLVER.AMP.ENABLED else "fp32"
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
     optimizer = build_optimizer(cfg, model)
-    batch = synthetic_batch(num_masks, size, cfg.MODEL.PIXELCLIP.MASK_RESOLUTION)
+    if args is not None:
+        prepare_model(model, device, args.channels_last, args.compile_backend if args.compile
+                      else None)  # fmt: skip
+    scaler = grad_scaler(device, precision)
+    batch = synthetic_batch(num_masks, size, cfg.MODEL.PIXELCLIP.MASK_RESOLUTION, images=images)
 
     def timed(name, fn):
         start = time.perf_counter()
@@ -59,12 +75,21 @@ def make_train_step(cfg, num_masks: int, size: int, phases: dict | None = None):
         return out
 
     def step():
-        with EventStorage():
+        with EventStorage(), autocast(device, precision):
             losses = model(batch)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
-        timed("backward", loss.backward)
-        timed("optimizer step (clip + AdamW)", optimizer.step)
+        if scaler is None:
+            timed("backward", loss.backward)
+            timed("optimizer step (clip + AdamW)", optimizer.step)
+        else:
+            timed("backward", scaler.scale(loss).backward)
+            scaler.unscale_(optimizer)  # the clipping inside the step sees the true gradients
+            timed("optimizer step (clip + AdamW)", lambda: scaler.step(optimizer))
+            scaler.update()
+        return loss
+
+    step.model, step.optimizer, step.batch = model, optimizer, batch
 
     if phases is not None:
         instrument(model, timed)
@@ -91,22 +116,53 @@ def instrument(model, timed) -> None:
 def bench_train(spec: str, s: dict, args) -> dict:
     _, model, load, precision = spec.split(":")
     size = s["models"][model]["res"] if load == "base" else s["realistic_crop"]
-    cfg = build_cfg(model, precision, s, args.quick, args.opts)
-    step = make_train_step(cfg, s["masks"][load], size)
+    cfg = build_cfg(model, precision, s, args.quick, args.opts, args.device)
+    step = make_train_step(cfg, s["masks"][load], size, args=args, images=args.batch)
     out = time_against_matmul(step, precision, s, args)
     out.update(
+        gflop_per_image=out["gflop"] / args.batch,
         settings={"model": cfg.MODEL.CLIP.MODEL_NAME, "clip_resolution": cfg.MODEL.CLIP.RESOLUTION,
-                  "input_size": size, "images": 2, "masks_per_image": s["masks"][load],
-                  "clusters": s["clusters"], "mask_resolution": s["grid"], "precision": precision},
+                  "input_size": size, "images": args.batch, "masks_per_image": s["masks"][load],
+                  "clusters": s["clusters"], "mask_resolution": s["grid"], "precision": precision,
+                  **run_switches(args)},
     )  # fmt: skip
     return out
+
+
+def run_switches(args) -> dict:
+    """The device and the GPU switches a result was measured with."""
+    return {"device": args.device, "tf32": args.tf32, "channels_last": args.channels_last,
+            "compile": args.compile_backend if args.compile else None}  # fmt: skip
+
+
+def bench_flops(spec: str, s: dict, args) -> dict:
+    """``flops:{vit,convnext}:{base,realistic}``: the FLOPs of one training step at ``--batch``
+    images, counted (one step under FlopCounterMode after one warm-up step), not timed."""
+    import torch
+
+    _, model, load = spec.split(":")
+    size = s["models"][model]["res"] if load == "base" else s["realistic_crop"]
+    cfg = build_cfg(model, "fp32", s, args.quick, args.opts, args.device)
+    step = make_train_step(cfg, s["masks"][load], size, images=args.batch)
+    step()
+    flops, per_module = count_flops(step, by_module=True)
+    top = {k: v / 1e9 for k, v in per_module.items() if 0 < k.count(".") <= 1 and v > 0}
+    del step
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return {"gflop": flops / 1e9, "gflop_per_image": flops / 1e9 / args.batch,
+            "gflop_by_module": top,
+            "settings": {"model": cfg.MODEL.CLIP.MODEL_NAME, "images": args.batch,
+                         "clip_resolution": cfg.MODEL.CLIP.RESOLUTION, "input_size": size,
+                         "masks_per_image": s["masks"][load], "clusters": s["clusters"],
+                         "mask_resolution": s["grid"], "precision": "fp32"}}  # fmt: skip
 
 
 def bench_profile(spec: str, s: dict, args) -> dict:
     import torch
 
     _, model, load, precision = spec.split(":")
-    cfg = build_cfg(model, precision, s, args.quick, args.opts)
+    cfg = build_cfg(model, precision, s, args.quick, args.opts, args.device)
     phases: dict[str, float] = {}
     step = make_train_step(cfg, s["masks"][load], s["models"][model]["res"], phases)
     flops, per_module = count_flops(step, by_module=True)  # the warm-up run

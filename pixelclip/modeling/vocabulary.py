@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "PROMPT_ENSEMBLES",
     "VocabularyEmbedder",
+    "common_prefix_length",
+    "encode_prompt_texts",
     "encode_vocabulary",
     "load_vocabulary",
     "prompt_templates",
@@ -192,9 +194,12 @@ def encode_vocabulary(
 
     Per class and template each synonym's text is encoded and L2-normalised; the synonyms are
     averaged per template and re-normalised; the templates are then averaged and the result
-    L2-normalised. All distinct texts go through :meth:`CLIPTextEncoder.encode_text` in one call
-    (batched by ``batch_size`` inside it). Autocast is disabled so the result does not depend
-    on the caller's precision context.
+    L2-normalised. Autocast is disabled so the result does not depend on the caller's precision
+    context.
+
+    The distinct texts are encoded by :func:`encode_prompt_texts`: grouped by template, each
+    group's common leading tokens (start-of-text and the template's words before the class
+    name) are run once instead of once per class, and every batch stops at its longest text.
 
     Args:
         text_encoder: the frozen CLIP text tower.
@@ -209,16 +214,20 @@ def encode_vocabulary(
     templates = _validate_templates(templates)
     num_t = len(templates)
     texts: dict[str, int] = {}  # distinct text -> row of the encoded batch
+    text_group: list[int] = []  # per distinct text: the template it was first made with
     text_rows, groups = [], []  # per (class, template, synonym): its text row and (c, t) group
     for c, name in enumerate(names):
         for synonym in split_synonyms(name):
             for t, template in enumerate(templates):
                 text = template.replace("{}", synonym)
-                text_rows.append(texts.setdefault(text, len(texts)))
+                if text not in texts:
+                    texts[text] = len(texts)
+                    text_group.append(t)
+                text_rows.append(texts[text])
                 groups.append(c * num_t + t)
     device = text_encoder.token_embedding.weight.device
     with torch.autocast(device_type=device.type, enabled=False):
-        emb = text_encoder.encode_text(list(texts), batch_size=batch_size)
+        emb = encode_prompt_texts(text_encoder, list(texts), text_group, batch_size=batch_size)
     emb = F.normalize(emb.float(), dim=-1)
     rows = torch.tensor(text_rows, device=device)
     group_index = torch.tensor(groups, device=device)
@@ -227,6 +236,71 @@ def encode_vocabulary(
     per_template.index_add_(0, group_index, emb[rows])
     per_template = F.normalize(per_template, dim=-1).view(len(names), num_t, -1)
     return F.normalize(per_template.mean(dim=1), dim=-1)
+
+
+def common_prefix_length(ids: Tensor, eot: Tensor) -> int:
+    """Leading positions where every row of ``ids`` (N, L) holds the same token, at most
+    ``min(eot)`` (the pooled end-of-text position must stay outside the shared part)."""
+    same = (ids == ids[:1]).all(dim=0).long()
+    run = int(same.cumprod(dim=0).sum())  # length of the leading run of equal columns
+    return min(run, int(eot.min()))
+
+
+@torch.no_grad()
+def encode_prompt_texts(
+    text_encoder: CLIPTextEncoder,
+    texts: Sequence[str],
+    group_of: Sequence[int],
+    batch_size: int = 256,
+) -> Tensor:
+    """:meth:`CLIPTextEncoder.encode_text` of ``texts``, sharing the work of common prefixes.
+
+    The texts are tokenized once and split into the groups ``group_of`` names (e.g. one group
+    per template). Within a group, the positions that every text has in common from the start
+    are computed once per batch and the rest of each text attends to them as a cached prefix
+    (:meth:`CLIPTextEncoder.encode_embeddings` with ``shared_prefix``: the tower is causal, so
+    the prefix's hidden states do not depend on what follows). The same result as one
+    ``encode_text`` call up to float rounding. Texts of a group are sorted by length, and each
+    batch runs to its longest text only.
+
+    Args:
+        texts: N strings.
+        group_of: N group labels (any hashable values).
+        batch_size: texts per forward pass (>= 1).
+
+    Returns:
+        (N, D) text embeddings in input order, not normalised, on the tower's device.
+    """
+    if text_encoder.tokenizer is None:
+        raise ValueError("encode_prompt_texts needs a tokenizer: build the encoder with from_clip")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(group_of) != len(texts):
+        raise ValueError(f"group_of has {len(group_of)} labels for {len(texts)} texts")
+    device = text_encoder.token_embedding.weight.device
+    out = torch.empty(len(texts), text_encoder.out_dim, device=device)
+    if len(texts) == 0:
+        return out
+    ids = text_encoder.tokenizer(list(texts), context_length=text_encoder.context_length)
+    eot = text_encoder.eot_indices(ids)
+    members: dict = {}
+    for i, g in enumerate(group_of):
+        members.setdefault(g, []).append(i)
+    for rows in members.values():
+        rows = torch.tensor(rows)
+        rows = rows[torch.argsort(eot[rows], stable=True)]
+        for start in range(0, len(rows), batch_size):
+            sel = rows[start : start + batch_size]
+            length = int(eot[sel].max()) + 1
+            batch_ids = ids[sel, :length]
+            prefix = common_prefix_length(batch_ids, eot[sel]) if len(sel) > 1 else 0
+            feats = text_encoder.encode_embeddings(
+                text_encoder.token_embedding(batch_ids.to(device)),
+                eot[sel].to(device),
+                shared_prefix=prefix,
+            )
+            out[sel.to(device)] = feats.to(out.dtype)
+    return out
 
 
 def _tensor_bytes(t: Tensor):

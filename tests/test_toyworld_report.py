@@ -52,3 +52,18 @@ def test_iou_chart_bar_lengths_are_proportional_to_iou(tmp_path):
         assert all(len(b) == len(bars[0]) > 3 for b in bars)
     with pytest.raises(ValueError, match="models"):
         report.write_iou_chart(path, {})
+
+
+def test_chart_models_average_the_seeds_per_class():
+    def result(values):
+        metrics = {f"IoU-{n}": v for n, v in zip(TOYWORLD_CLASSES, values)}
+        return {"test": {"entry": {"metrics": metrics}}}
+
+    n = len(TOYWORLD_CLASSES)
+    base = result([5.0] * n)
+    runs = [result([10.0] * (n - 1) + [None]), result([20.0] * (n - 1) + [40.0])]
+    models = report.chart_models(base, "PixelCLIP", runs)
+    assert list(models) == ["toy-clip (baseline)", "PixelCLIP (mean of 2 seeds)"]
+    mean = models["PixelCLIP (mean of 2 seeds)"]
+    assert mean["sky"] == 15.0 and mean[TOYWORLD_CLASSES[-1]] == 40.0  # None left out
+    assert list(report.chart_models(None, "P", runs[:1])) == ["P"]

@@ -258,6 +258,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output", default="output/toy_clip", help="folder for weights + log JSON")
     ap.add_argument("--model-name", default="toy-clip")
     ap.add_argument("--model-config", default=str(REPO / "configs/clip_models/toy-clip.json"))
+    ap.add_argument(
+        "--init",
+        default="",
+        help="start from these weights (.safetensors) instead of random ones: more caption "
+        "training of a toy-clip, e.g. the same-compute contrastive control of the README",
+    )
     ap.add_argument("--num-train", type=int, default=8000, help="world size if built here")
     ap.add_argument("--num-dev", type=int, default=500)
     ap.add_argument("--num-test", type=int, default=1000)
@@ -291,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_data = time.time() - t0
 
     torch.manual_seed(args.seed)
-    model = create_clip(args.model_name, model_config=args.model_config)
+    model = create_clip(args.model_name, pretrained=args.init, model_config=args.model_config)
     tokenizer = open_clip.get_tokenizer(args.model_name)
     tokens = tokenizer(captions)
     too_long = (tokens[:, -1] != 0).nonzero()

@@ -18,6 +18,7 @@ from .world import TOYWORLD_CLASSES
 __all__ = [
     "PALETTE",
     "SPLITS",
+    "chart_models",
     "grid_sample",
     "mean_std",
     "per_class_iou",
@@ -118,6 +119,25 @@ def per_class_iou(metrics: dict) -> dict[str, float]:
         value = metrics[f"IoU-{name}"]
         out[name] = float("nan") if value is None else float(value)
     return out
+
+
+def chart_models(
+    baseline: dict | None, label: str, trained: list[dict], split: str = "test"
+) -> dict[str, dict[str, float]]:
+    """The bars of :func:`write_iou_chart`: the baseline's per-class IoU and the mean over seeds
+    of the trained runs' (results as :func:`summarise` takes them, with their evaluator
+    ``entry``); a class without ground truth in a run is left out of its mean."""
+    models = {}
+    if baseline is not None:
+        models["toy-clip (baseline)"] = per_class_iou(baseline[split]["entry"]["metrics"])
+    if trained:
+        runs = [per_class_iou(r[split]["entry"]["metrics"]) for r in trained]
+        mean = {}
+        for name in TOYWORLD_CLASSES:
+            values = [r[name] for r in runs if math.isfinite(r[name])]
+            mean[name] = statistics.fmean(values) if values else float("nan")
+        models[f"{label} (mean of {len(runs)} seeds)" if len(runs) > 1 else label] = mean
+    return models
 
 
 def write_grid(path: Path, dicts: list[dict], columns: dict[str, list], scale: int = 3) -> None:

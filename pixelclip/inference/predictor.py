@@ -330,12 +330,23 @@ class Predictor:
                 "no vocabulary: pass one, e.g. predictor(image, 'cat, dog, grass'), or set "
                 "MODEL.PIXELCLIP.TEST.VOCABULARY / VOCABULARY_FILE"
             )
+        output = self.model([self.model_input(image)])[0]
+        scores = output["sem_seg"].float().cpu()
+        return {"sem_seg": scores, "labels": scores.argmax(0), "classes": self.classes}
+
+    def model_input(self, image) -> dict:
+        """The model's input dict for one image (the test resize and the model's channel order;
+        "height"/"width" = the original size). ``image`` as for ``__call__``."""
         rgb = to_rgb_array(image, self.input_format)
         height, width = rgb.shape[:2]
         resized = self.resize.get_transform(rgb).apply_image(rgb)
         if self.cfg.INPUT.FORMAT == "BGR":
             resized = resized[:, :, ::-1]
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-        output = self.model([{"image": tensor, "height": height, "width": width}])[0]
-        scores = output["sem_seg"].float().cpu()
-        return {"sem_seg": scores, "labels": scores.argmax(0), "classes": self.classes}
+        return {"image": tensor, "height": height, "width": width}
+
+    @torch.no_grad()
+    def embedding_scores(self, image, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine scores of one image against any (C, D) unit embeddings instead of a
+        vocabulary's (e.g. the learned prompts): float32 (C, H, W) on the CPU, original size."""
+        return self.model.dense_scores([self.model_input(image)], embeddings)[0].float().cpu()

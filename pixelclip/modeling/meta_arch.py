@@ -293,7 +293,24 @@ class PixelCLIP(nn.Module):
                 "MODEL.PIXELCLIP.TEST.VOCABULARY / VOCABULARY_FILE, or evaluate on a dataset whose "
                 "metadata has stuff_classes"
             )
-        classes = self.sem_seg_head.class_embeddings(self.vocabulary).to(self.device)
+        classes = self.sem_seg_head.class_embeddings(self.vocabulary)
+        return [{"sem_seg": score} for score in self.dense_scores(batched_inputs, classes)]
+
+    @torch.no_grad()
+    def dense_scores(self, batched_inputs: list[dict], classes: torch.Tensor) -> list[torch.Tensor]:
+        """Cosine score maps of the test protocol (§9.2, §9.3) against any unit embeddings.
+
+        ``inference`` calls it with the vocabulary's embeddings; the cluster analysis
+        (``pixelclip.analysis``) with the k normalised prompt embeddings.
+
+        Args:
+            batched_inputs: test inputs as for ``inference`` ("image", optional "height"/"width").
+            classes: (C, D) L2-normalised embeddings.
+
+        Returns:
+            One float32 (C, height, width) map per input, at its "height"/"width".
+        """
+        classes = classes.to(self.device)
         with self._autocast():
             if self.test_protocol == "whole":
                 scores = self._whole(batched_inputs, classes)
@@ -306,7 +323,7 @@ class PixelCLIP(nn.Module):
             score = F.interpolate(
                 score[None].float(), size=(height, width), mode="bilinear", align_corners=False
             )
-            results.append({"sem_seg": score[0]})
+            results.append(score[0])
         return results
 
     def _cosine(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -295,6 +295,22 @@ def test_context_json_overlaps_polygons_and_bad_input(tmp_path):
         script.main([*argv, "--overwrite"])
 
 
+def test_context_missing_files_and_bad_mat_shape(tmp_path, capsys):
+    voc = make_voc(tmp_path, ["2008_000002"])
+    script = load_prepare_script("prepare_pascal_context")
+    argv = ["--root", str(tmp_path), "--quiet"]
+    with pytest.raises(SystemExit) as err:  # neither trainval/ nor trainval_merged.json
+        script.main(argv)
+    assert err.value.code == 2 and "trainval.tar.gz" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        script.main([*argv, "--json", str(tmp_path / "nowhere.json")])
+    assert err.value.code == 2 and "nowhere.json" in capsys.readouterr().err
+    (voc / "trainval").mkdir()
+    scipy.io.savemat(voc / "trainval" / "2008_000002.mat", {"LabelMap": np.zeros((4, 4, 2))})
+    with pytest.raises(ValueError, match=r"2008_000002\.mat: LabelMap must be 2-D"):
+        script.main(argv)
+
+
 def test_context_459_labels_score_with_65535_ignored(tmp_path, catalog_restored):
     """The 16-bit maps go through the project's checked evaluator with ignore 65535."""
     from pixelclip.evaluation.sem_seg import CheckedSemSegEvaluator

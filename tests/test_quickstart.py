@@ -110,6 +110,8 @@ def test_an_ablation_equal_to_the_config_is_not_trained_twice():
 
 @pytest.mark.slow
 def test_quickstart_quick_run_beats_baseline(tmp_path, monkeypatch):
+    from pixelclip.toyworld import TOYWORLD_CLASSES
+
     qs = _load_quickstart()
     summary = qs.main(["--quick", "--output-dir", str(tmp_path / "qs")])
     rows = {row["model"]: row for row in summary["table"]["rows"]}
@@ -123,11 +125,19 @@ def test_quickstart_quick_run_beats_baseline(tmp_path, monkeypatch):
     assert json.loads((out / "runs" / "results.json").read_text())["format"]
     grid = Image.open(out / "grid.png")
     assert grid.size[0] > 4 * 96 and grid.size[1] > 3 * 96  # 4 columns, 3 rows of 2x tiles
+    # The cluster analysis of seed 0 on the test split (the files of tools/analyze_clusters.py).
+    clusters = json.loads((out / "clusters" / "results.json").read_text())
+    assert clusters["dataset"] == "toyworld_test_sem_seg" and clusters["images"] == 40
+    assert clusters["classes"] == list(TOYWORLD_CLASSES) and len(clusters["nearest_names"]) == 32
+    hungarian, majority = clusters["hungarian"], clusters["many_to_one"]
+    assert hungarian["mIoU"] > 0
+    assert hungarian["pixel_accuracy"] <= majority["pixel_accuracy"]  # votes are never worse
+    for name in ("index.md", "embedding_map.png", "cluster_regions.png"):
+        assert (out / "clusters" / name).stat().st_size > 0
 
     # The reported dev mIoU agrees with an independent count from the dev predictions.
     from detectron2.data import DatasetCatalog
 
-    from pixelclip.toyworld import TOYWORLD_CLASSES
     from pixelclip.toyworld.report import predict
 
     dicts = DatasetCatalog.get("toyworld_dev_sem_seg")

@@ -10,8 +10,11 @@ from pathlib import Path
 from .common import REPO, summary, timed_runs
 
 
-def write_sa1b_sample(folder: Path, height: int, width: int, num_masks: int, seed: int = 0):
-    """One SA-1B-format sample (JPEG + JSON with compressed RLE): random ellipses/rectangles."""
+def write_sa1b_sample(
+    folder: Path, height: int, width: int, num_masks: int, seed: int = 0, number: int = 1
+):
+    """One SA-1B-format sample ``sa_<number>.jpg`` + ``.json`` (compressed RLE): random
+    ellipses/rectangles."""
     import numpy as np
     from PIL import Image
     from pycocotools import mask as mask_utils
@@ -30,11 +33,12 @@ def write_sa1b_sample(folder: Path, height: int, width: int, num_masks: int, see
         rle = {"size": [height, width], "counts": rle["counts"].decode()}
         annotations.append({"id": i, "segmentation": rle, "area": int(m.sum())})
     image = (np.sin(yy / 37)[..., None] * 60 + rng.uniform(60, 190, 3)).astype(np.uint8)
-    Image.fromarray(image).save(folder / "sa_1.jpg", quality=90)
-    info = {"image_id": 1, "file_name": "sa_1.jpg", "height": height, "width": width}
-    (folder / "sa_1.json").write_text(json.dumps({"image": info, "annotations": annotations}))
-    return {"file_name": str(folder / "sa_1.jpg"), "annotation_file": str(folder / "sa_1.json"),
-            "image_id": "sa_1"}  # fmt: skip
+    stem = f"sa_{number}"
+    Image.fromarray(image).save(folder / f"{stem}.jpg", quality=90)
+    info = {"image_id": number, "file_name": f"{stem}.jpg", "height": height, "width": width}
+    (folder / f"{stem}.json").write_text(json.dumps({"image": info, "annotations": annotations}))
+    return {"file_name": str(folder / f"{stem}.jpg"),
+            "annotation_file": str(folder / f"{stem}.json"), "image_id": stem}  # fmt: skip
 
 
 class YardstickMapper:

@@ -104,6 +104,50 @@ def converter(outputs, read):
     return convert
 
 
+def json_route(args: argparse.Namespace, json_path: Path):
+    """Image ids, missing ids, outputs, reader and label source of the JSON route."""
+    index = rf.read_detail_json(json_path, None if args.split_file else {args.split})
+    full = index.category_ids >= set(range(1, NUM_FULL_CLASSES + 1))
+    outputs = list(dict.fromkeys(args.outputs or [o for o in OUTPUTS if full or o != "459"]))
+    if "459" in outputs and not full:
+        raise ValueError(
+            f"{json_path}: its 'categories' do not list all {NUM_FULL_CLASSES} ids of labels.txt "
+            f"({len(index.category_ids)} listed), so it cannot give Context-459; use the .mat "
+            "files of trainval.tar.gz (--context)"
+        )
+    if not full and args.outputs is None:
+        logger.warning("%s does not list all %d classes: writing Context-59 and -60 only",
+                       json_path, NUM_FULL_CLASSES)  # fmt: skip
+    listed = pu.read_id_list(args.split_file) if args.split_file else sorted(index.images)
+
+    def read(sample: pu.Sample) -> tuple[np.ndarray, str]:
+        image = index.images[sample.key]
+        return rf.detail_class_map(index, image), f"{json_path}: image {sample.key}"
+
+    def label_src(image_id: str) -> Path:
+        return Path(json_path)  # the one file holds every label
+
+    ids = [i for i in listed if i in index.images]
+    missing = [i for i in listed if i not in index.images]
+    return ids, missing, outputs, read, label_src
+
+
+def mat_route(args: argparse.Namespace, voc: Path):
+    """Image ids, missing ids, outputs, reader and label source of the .mat route."""
+    context = args.context if args.context is not None else voc / "trainval"
+    hint = f"Extract trainval.tar.gz and pass --context, or pass --json {JSON_NAME}."
+    pu.require_dir(context, "Pascal-Context .mat folder", hint)
+    ids = pu.read_id_list(args.split_file or voc / "ImageSets" / "Main" / f"{args.split}.txt")
+
+    def read(sample: pu.Sample) -> tuple[np.ndarray, str]:
+        return read_label_map(sample.label_src), str(sample.label_src)
+
+    def label_src(image_id: str) -> Path:
+        return context / f"{image_id}.mat"
+
+    return ids, [], list(dict.fromkeys(args.outputs or OUTPUTS)), read, label_src
+
+
 def plan(args: argparse.Namespace, root: Path) -> pu.Conversion:
     voc = args.voc if args.voc is not None else root / DATASET_DIR
     out = root / DATASET_DIR
@@ -111,42 +155,8 @@ def plan(args: argparse.Namespace, root: Path) -> pu.Conversion:
     json_path = args.json
     if json_path is None and args.context is None and not (voc / "trainval").is_dir():
         json_path = voc / JSON_NAME if (voc / JSON_NAME).is_file() else None
-    if json_path is not None:
-        index = rf.read_detail_json(json_path, None if args.split_file else {args.split})
-        full = index.category_ids >= set(range(1, NUM_FULL_CLASSES + 1))
-        outputs = list(dict.fromkeys(args.outputs or [o for o in OUTPUTS if full or o != "459"]))
-        if "459" in outputs and not full:
-            raise ValueError(
-                f"{json_path}: its 'categories' do not list all {NUM_FULL_CLASSES} ids of "
-                f"labels.txt ({len(index.category_ids)} listed), so it cannot give Context-459; "
-                "use the .mat files of trainval.tar.gz (--context)"
-            )
-        if not full:
-            logger.warning("%s lacks the full label set: writing Context-%s only", json_path,
-                           " and ".join(outputs))  # fmt: skip
-        ids = pu.read_id_list(args.split_file) if args.split_file else sorted(index.images)
-        missing = [i for i in ids if i not in index.images]
-        ids = [i for i in ids if i in index.images]
-
-        def read(sample: pu.Sample) -> tuple[np.ndarray, str]:
-            image = index.images[sample.key]
-            return rf.detail_class_map(index, image), f"{json_path}: image {sample.key}"
-
-        def label_src(image_id: str) -> Path:
-            return Path(json_path)  # the one file holds every label
-    else:
-        context = args.context if args.context is not None else voc / "trainval"
-        hint = f"Extract trainval.tar.gz and pass --context, or pass --json {JSON_NAME}."
-        pu.require_dir(context, "Pascal-Context .mat folder", hint)
-        outputs, missing = list(dict.fromkeys(args.outputs or OUTPUTS)), []
-        ids = pu.read_id_list(args.split_file or voc / "ImageSets" / "Main" / f"{args.split}.txt")
-
-        def read(sample: pu.Sample) -> tuple[np.ndarray, str]:
-            return read_label_map(sample.label_src), str(sample.label_src)
-
-        def label_src(image_id: str) -> Path:
-            return context / f"{image_id}.mat"
-
+    route = json_route(args, json_path) if json_path is not None else mat_route(args, voc)
+    ids, missing, outputs, read, label_src = route
     labels = [out / "annotations_detectron2" / f"pc{o}_{args.split}" for o in outputs]
     samples = pu.samples_from_ids(ids, voc / "JPEGImages", out / "JPEGImages", label_src, labels)
     expected = EXPECTED_IMAGES[args.split] if args.split_file is None else None

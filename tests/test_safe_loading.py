@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -119,6 +120,11 @@ def test_crafted_pickle_through_every_weight_entry_point(tmp_path, marker, tiny_
     args = ["--config-file", str(config), "--weights", evil, "--input", str(image)]
     assert demo.main([*args, "--vocabulary", "sky"]) == 2
     assert "refused" in capsys.readouterr().err
+    analysis = load_script("tools/analyze_clusters.py", "safe_analyze_clusters")
+    argv = ["--config-file", str(config), "--weights", evil, "--vocabulary", "sky",
+            "--output", str(tmp_path / "analysis")]  # fmt: skip
+    assert analysis.main(argv) == 2
+    assert "refused" in capsys.readouterr().err
 
 
 def test_crafted_checkpoint_as_the_resume_point(tmp_path, marker, tiny_model, caplog):
@@ -175,6 +181,11 @@ def test_crafted_yaml_through_every_config_entry_point(tmp_path, marker, capsys)
         pass
     assert marker.exists()
     marker.unlink()
+
+    analysis = load_script("tools/analyze_clusters.py", "safe_analyze_clusters")
+    argv = ["--config-file", evil, "--vocabulary", "sky", "--output", str(tmp_path / "a")]
+    assert analysis.main(argv) == 2
+    assert re.search(r"evil\.yaml.*refused", capsys.readouterr().err)
 
     # The config.yaml Predictor finds beside a checkpoint.
     run = tmp_path / "run"

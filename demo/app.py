@@ -251,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.opts) % 2:
         parser.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pixelclip").setLevel(logging.INFO)
+    from pixelclip.logs import setup_logging
+
+    setup_logging(third_party_level=logging.WARNING)  # ours at INFO; third-party INFO is noise
     # No telemetry or version check from a closed network, before gradio is imported.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -345,8 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--output {args.output!r}: a video needs an output folder")
     if len(args.opts) % 2:
         parser.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pixelclip").setLevel(logging.INFO)  # ours; third-party INFO is noise
+    from pixelclip.logs import setup_logging
+
+    setup_logging(third_party_level=logging.WARNING)  # ours at INFO; third-party INFO is noise
 
     from pixelclip.inference.predictor import Predictor, build_config, parse_vocabulary
     from pixelclip.modeling.vocabulary import load_vocabulary

@@ -127,3 +127,17 @@ def tiny_convnext():
 @pytest.fixture
 def tokenizer():
     return open_clip.get_tokenizer(TINY_VIT)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Undo what a test's entry point did to the loggers (``pixelclip.logs.setup_logging`` stops
+    propagation, which would hide later tests' records from ``caplog``)."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("", "detectron2", "fvcore", "pixelclip")]
+    saved = [(lg, list(lg.handlers), lg.propagate, lg.level, list(lg.filters)) for lg in loggers]
+    yield
+    for logger, handlers, propagate, level, filters in saved:
+        logger.handlers[:] = handlers
+        logger.propagate, logger.level, logger.filters[:] = propagate, level, filters

@@ -10,7 +10,6 @@ Example::
         weights/pixelclip_vit_base_ours.pth --config-file configs/reference/pixelclip_vit_base.yaml
 """
 
-import logging
 import sys
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pixelclip.checkpoint.cli import convert_reference_main as main  # noqa: E402
+from pixelclip.logs import setup_logging  # noqa: E402
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     sys.exit(main())

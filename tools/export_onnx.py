@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.opts) % 2:
         print(f"error: config overrides must be KEY VALUE pairs, got {args.opts}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pixelclip").setLevel(logging.INFO)
+    from pixelclip.logs import setup_logging
+
+    setup_logging(third_party_level=logging.WARNING)  # ours at INFO; third-party INFO is noise
 
     from pixelclip.inference import onnx_export
 

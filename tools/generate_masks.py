@@ -8,15 +8,15 @@ Example::
         --sam-model vit_h --sam-checkpoint weights/sam_vit_h_4b8939.pth --device cuda
 """
 
-import logging
 import sys
 from pathlib import Path
 
 # Allow `python tools/generate_masks.py` from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pixelclip.logs import setup_logging  # noqa: E402
 from pixelclip.masks.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     sys.exit(main())

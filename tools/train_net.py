@@ -11,8 +11,6 @@ CPU processes that train with gloo. Training into an OUTPUT_DIR that already hol
 needs --resume (continue) or --overwrite (start again).
 """
 
-from detectron2.engine import launch
-
 from pixelclip.engine import build_parser as _build_parser
 from pixelclip.engine import train_net as main
 
@@ -23,6 +21,9 @@ def build_parser():
 
 
 if __name__ == "__main__":
+    # Imported after pixelclip, which silences detectron2's import-time FutureWarnings.
+    from detectron2.engine import launch
+
     args = build_parser().parse_args()
     print("Command Line Args:", args)
     launch(

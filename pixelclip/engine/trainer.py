@@ -24,18 +24,19 @@ from detectron2.engine import (
     TrainerBase,
     create_ddp_model,
     default_argument_parser,
-    default_setup,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+from detectron2.utils.collect_env import collect_env_info
+from detectron2.utils.env import seed_all_rng
 
-from ..checkpoint import PixelCLIPCheckpointer, build_model_from_checkpoint
+from ..checkpoint import PixelCLIPCheckpointer, build_model_from_checkpoint, write_atomically
 from ..config import build_config
 from ..config_checks import validate_config
 from ..data.mapper import SA1BDatasetMapper
 from ..data.sa1b import register_sa1b_from_config
 from ..evaluation.sem_seg import CheckedSemSegEvaluator
+from ..logs import setup_logging
 from ..solver import build_optimizer
 from .resume import DeterministicResumeHook, build_resumable_train_loader
 
@@ -62,7 +63,7 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
+            setup_logging()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -178,10 +179,35 @@ def setup(args) -> CfgNode:
     cfg.freeze()
     validate_config(cfg, training=not args.eval_only)
     check_output_dir(cfg, args)
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pixelclip")
+    start_run(cfg, args)
     register_sa1b_from_config(cfg)
     return cfg
+
+
+def start_run(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """detectron2's ``default_setup`` (logging, the run's report, ``OUTPUT_DIR/config.yaml``,
+    seeding, cuDNN benchmark), done so that the log has each line once and no ANSI codes: logging
+    through :func:`pixelclip.logs.setup_logging` (``default_setup`` adds handlers on every call and
+    syntax-highlights the config in log.txt too), and config.yaml written atomically."""
+    rank, output_dir = comm.get_rank(), cfg.OUTPUT_DIR
+    if comm.is_main_process() and output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+    setup_logging(output=output_dir, rank=rank)
+    report = logging.getLogger("detectron2")  # the logger detectron2's own report goes to
+    report.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
+    report.info("Environment info:\n%s", collect_env_info())
+    report.info("Command line arguments: %s", args)
+    if getattr(args, "config_file", ""):
+        text = open(args.config_file, encoding="utf-8", errors="replace").read()
+        report.info("Contents of args.config_file=%s:\n%s", args.config_file, text)
+    if comm.is_main_process() and output_dir:
+        path, text = os.path.join(output_dir, "config.yaml"), cfg.dump()
+        report.info("Running with full config:\n%s", text)
+        write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+        report.info("Full config saved to %s", path)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    if not getattr(args, "eval_only", False):
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
 
 def build_parser(epilog: str | None = None) -> argparse.ArgumentParser:

@@ -46,7 +46,6 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import load_weights, merge_config_file
 from ..cli_help import HelpFormatter
@@ -54,6 +53,7 @@ from ..config import add_pixelclip_config
 from ..config_checks import validate_config
 from ..engine import Trainer
 from ..inference.readout import readout_settings
+from ..logs import setup_logging
 from ..modeling.dense import DENSE_VARIANTS
 from . import tables
 from .evaluate import SLIDE_TEST_SIZE, SLIDE_TEST_SIZE_BY_DATASET, evaluate, find_missing_datasets
@@ -262,9 +262,7 @@ def _label(args: argparse.Namespace, cfg: CfgNode, family: dict) -> str:
 def run_worker(args: argparse.Namespace, command: str) -> list[dict] | None:
     """Build, load and evaluate each model family in this process; the main process writes the
     results and returns its run records (other processes return None)."""
-    if not logging.getLogger("pixelclip").isEnabledFor(logging.INFO):
-        for name in ("detectron2", "pixelclip"):
-            setup_logger(output=args.output, distributed_rank=comm.get_rank(), name=name)
+    setup_logging(output=args.output, rank=comm.get_rank())
     runs = []
     json_path = Path(args.output) / "results.json"
     earlier = tables.load_runs(json_path) if args.append and json_path.is_file() else []

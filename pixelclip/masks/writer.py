@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..data.sa1b import printable_path
 from ..data.sa1b_format import read_sa1b_json, record_from_masks, write_sa1b_json
+from ..logs import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -130,43 +131,44 @@ def generate_masks(
     Returns:
         (processed, skipped, failed) counts.
     """
-    from tqdm import tqdm
-
     if len(image_paths) != len(out_paths):
         raise ValueError("image_paths and out_paths must have the same length")
     processed = skipped = failed = 0
-    bar = tqdm(list(zip(image_paths, out_paths)), disable=not progress, unit="img")
-    for img_path, out_path in bar:
-        existing = None if overwrite else _existing_record(out_path)
-        if existing is not None:
-            skipped += 1
-            if not existing["annotations"]:
-                logger.warning("no masks for %s (from an earlier run)", printable_path(img_path))
+    pairs = list(zip(image_paths, out_paths))
+    with progress_bar(pairs, disable=not progress, unit="img") as bar:
+        for img_path, out_path in bar:
+            existing = None if overwrite else _existing_record(out_path)
+            if existing is not None:
+                skipped += 1
+                if not existing["annotations"]:
+                    logger.warning(
+                        "no masks for %s (from an earlier run)", printable_path(img_path)
+                    )
+                    if no_masks is not None:
+                        no_masks.append(img_path)
+                continue
+            try:
+                image = read_rgb(img_path)
+            except Exception as e:  # PIL raises many types for corrupt files; all mean "unreadable"
+                logger.error(
+                    "cannot read image %s: %s", printable_path(img_path), printable_path(str(e))
+                )
+                failed += 1
+                continue
+            height, width = image.shape[:2]
+            masks = mask_fn(_resize_image(image, max_side))
+            # A stable id from the relative path, so re-runs and partial runs agree (52 bits: exact
+            # in JSON readers that use doubles).
+            key = img_path.relative_to(input_root).as_posix() if input_root else img_path.name
+            # The file name's own bytes (os.fsencode): str.encode() fails on names that are not
+            # UTF-8 and gives the same bytes for all others, so existing ids do not change.
+            image_id = int(hashlib.sha1(os.fsencode(key)).hexdigest()[:13], 16)
+            record = record_from_masks(masks, height, width, image_id, img_path.name, min_area)
+            write_sa1b_json(out_path, record)
+            processed += 1
+            if not record["annotations"]:
+                logger.warning("no masks for %s (its JSON has none)", printable_path(img_path))
                 if no_masks is not None:
                     no_masks.append(img_path)
-            continue
-        try:
-            image = read_rgb(img_path)
-        except Exception as e:  # PIL raises many types for corrupt files; all mean "unreadable"
-            logger.error(
-                "cannot read image %s: %s", printable_path(img_path), printable_path(str(e))
-            )
-            failed += 1
-            continue
-        height, width = image.shape[:2]
-        masks = mask_fn(_resize_image(image, max_side))
-        # A stable id from the relative path, so re-runs and partial runs agree (52 bits: exact
-        # in JSON readers that use doubles).
-        key = img_path.relative_to(input_root).as_posix() if input_root else img_path.name
-        # The file name's own bytes (os.fsencode): str.encode() fails on names that are not UTF-8
-        # and gives the same bytes for all others, so existing ids do not change.
-        image_id = int(hashlib.sha1(os.fsencode(key)).hexdigest()[:13], 16)
-        record = record_from_masks(masks, height, width, image_id, img_path.name, min_area)
-        write_sa1b_json(out_path, record)
-        processed += 1
-        if not record["annotations"]:
-            logger.warning("no masks for %s (its JSON has none)", printable_path(img_path))
-            if no_masks is not None:
-                no_masks.append(img_path)
-        bar.set_postfix(masks=len(record["annotations"]))
+            bar.set_postfix(masks=len(record["annotations"]))
     return processed, skipped, failed

@@ -144,13 +144,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     from detectron2.data import DatasetCatalog
-    from detectron2.utils.logger import setup_logger
 
     from ..evaluation.tables import make_run, write_results
+    from ..logs import setup_logging
     from .datasets import default_toyworld_root, register_toyworld
     from .world import write_toyworld
 
-    setup_logger(name="pixelclip")
+    setup_logging(setup_report_on_console=False)  # the report stays in each run's log.txt
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     world = Path(args.world_dir or (out / "world" if args.quick else default_toyworld_root()))

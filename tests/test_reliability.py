@@ -362,15 +362,19 @@ def test_mask_generation_interrupted_then_resumed(tmp_path, capsys):
     pid = os.fork()
     if pid == 0:
         try:
-            import json as json_module
+            import pixelclip.data.sa1b_format as sa1b_format
 
-            def half_dump(obj, f, **kwargs):
-                text = json_module.dumps(obj, **kwargs)
-                f.write(text[: len(text) // 2])
-                f.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
+            real_writer = sa1b_format.write_atomically
 
-            json_module.dump = half_dump
+            def killed_while_writing(path, write):
+                def half_then_kill(f):
+                    f.write(b'{"image": {"image_id": 3, "wid')  # part of the JSON is on disk
+                    f.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+                real_writer(path, half_then_kill)
+
+            sa1b_format.write_atomically = killed_while_writing
             generate_masks_main(argv, mask_fn=_halves)
         finally:
             os._exit(3)

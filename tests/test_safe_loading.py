@@ -526,3 +526,27 @@ def test_sam_model_type_is_read_from_the_file():
         sam_model_type({"image_encoder.patch_embed.proj.weight": torch.zeros(96, 3, 16, 16)})
     with pytest.raises(ValueError, match="not a segment-anything SAM checkpoint"):
         sam_model_type({"w": torch.zeros(1)})
+
+
+def test_crafted_files_through_the_onnx_export_and_the_web_demo(tmp_path, marker, capsys):
+    """tools/export_onnx.py and demo/app.py read weights and configs through the same safe path:
+    a planted pickle or a YAML with Python tags is refused before anything runs."""
+    evil = _evil_pickle(tmp_path / "model_final.pth", marker)
+    evil_yaml = _evil_yaml(tmp_path / "evil.yaml", marker)
+    config = tmp_path / "config.yaml"
+    config.write_text(tiny_cfg().dump())
+    export = load_script("tools/export_onnx.py", "safe_export_onnx")
+    for argv in (
+        ["graphs", "--config-file", str(config), "--weights", evil, "--output-dir", str(tmp_path)],
+        ["text", "--config-file", str(config), "--weights", evil, "--vocabulary", "sky",
+         "--output", str(tmp_path / "t.npy")],
+        ["graphs", "--config-file", evil_yaml, "--weights", "", "--output-dir", str(tmp_path)],
+    ):  # fmt: skip
+        assert export.main(argv) == 2
+        assert "refused" in capsys.readouterr().err
+    app = load_script("demo/app.py", "safe_app")
+    for argv in ([evil], ["--config-file", str(config), "--weights", evil],
+                 ["--config-file", evil_yaml]):  # fmt: skip
+        assert app.main(argv) == 2
+        assert "refused" in capsys.readouterr().err
+    assert not marker.exists()

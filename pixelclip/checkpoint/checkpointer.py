@@ -183,7 +183,7 @@ class PixelCLIPCheckpointer(DetectionCheckpointer):
     def _remove_stale_temporaries(self) -> None:
         """Delete temporary files left by a save that was killed (only this process saves)."""
         folder = Path(self.save_dir)
-        for stale in [*folder.glob(".*.pth.*.tmp.pth"), *folder.glob(".last_checkpoint.*.tmp")]:
+        for stale in [*folder.glob(".*.pth.*.tmp*"), *folder.glob(".last_checkpoint.*.tmp")]:
             logger.info("Removing %s, left by an interrupted checkpoint save", stale)
             stale.unlink(missing_ok=True)
 

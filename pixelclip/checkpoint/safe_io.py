@@ -380,8 +380,10 @@ def write_atomically(
     write: Callable[[IO[bytes]], None],
     verify: Callable[[str], None] | None = None,
 ) -> None:
-    """``write(f)`` into a hidden ``.<name>.<pid>.<random>.tmp<suffix>`` beside ``path``, fsync,
-    rename (the temporary file keeps ``path``'s suffix, for readers that go by it).
+    """``write(f)`` into a hidden ``.<name>.<pid>.<random>.tmp`` beside ``path``, fsync, rename.
+    With ``verify`` the temporary name ends in ``path``'s suffix too, for readers that go by it;
+    without, it does not, so that a stale one left by a crash is never listed as a ``*.json`` /
+    ``*.png`` of the dataset.
 
     A crash at any point leaves either the old ``path`` or the new one, never a partial file;
     at worst a stale ``.tmp`` file stays behind. The file gets the permissions the umask gives
@@ -395,7 +397,8 @@ def write_atomically(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
+    suffix = path.suffix if verify is not None else ""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp{suffix}"
     try:
         with open(tmp, "xb") as f:
             write(f)

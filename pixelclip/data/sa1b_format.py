@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
+from ..checkpoint.safe_io import write_atomically
 from .masks import as_dimension
 
 __all__ = [
@@ -114,25 +114,10 @@ def make_record(
 
 
 def write_sa1b_json(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Write ``record`` to ``path`` atomically (temp file in the same folder + ``os.replace``).
-
-    The parent folder is created if needed. On any error the temporary file is removed and the
-    destination is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name in the same folder: os.replace is only atomic within one file system. Opened
-    # with "x" (not tempfile) so that the final file gets the usual umask-based permissions.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(record, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``record`` to ``path`` atomically (``checkpoint.safe_io.write_atomically``), creating
+    the parent folder if needed."""
+    text = json.dumps(record, separators=(",", ":")).encode("utf-8")
+    write_atomically(path, lambda f: f.write(text))
 
 
 def read_sa1b_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..checkpoint.safe_io import write_atomically
 from .sa1b import MAX_ANNOTATION_BYTES, _natural_key, printable_path, regular_file_problem
 
 __all__ = [
@@ -339,11 +340,8 @@ def _read_cache(cache_file: str | None) -> dict:
 
 
 def _write_cache(cache_file: str, entries: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
-    tmp = f"{cache_file}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"version": _CACHE_VERSION, "shards": entries}, f, indent=0)
-    os.replace(tmp, cache_file)
+    text = json.dumps({"version": _CACHE_VERSION, "shards": entries}, indent=0).encode("utf-8")
+    write_atomically(cache_file, lambda f: f.write(text))
 
 
 def shard_sample_counts(shards: Sequence[str], cache_file: str | None = None) -> list[int]:

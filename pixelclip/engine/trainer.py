@@ -117,16 +117,24 @@ class Trainer(DefaultTrainer):
         """Evaluate on every dataset of ``cfg.DATASETS.TEST``. Unless a vocabulary is fixed by
         MODEL.PIXELCLIP.TEST.VOCABULARY(_FILE), each dataset is segmented with its own
         ``stuff_classes``."""
+        from ..evaluation.presets import background_index
+        from ..inference.readout import ReadoutModel, readout_settings
+
         fixed_vocabulary = bool(
             cfg.MODEL.PIXELCLIP.TEST.VOCABULARY or cfg.MODEL.PIXELCLIP.TEST.VOCABULARY_FILE
         )
+        settings = readout_settings(cfg)  # READOUT, PROB_THRESHOLD, PAMR_* (default: plain)
         results = OrderedDict()
         for index, dataset_name in enumerate(cfg.DATASETS.TEST):
             if not fixed_vocabulary:
                 unwrap(model).vocabulary_for(dataset_name)
+            runner = model
+            if not settings.is_plain:
+                classes = unwrap(model).vocabulary
+                runner = ReadoutModel(model, classes, settings, background_index(dataset_name))
             loader = cls.build_test_loader(cfg, dataset_name)
             evaluator = evaluators[index] if evaluators else cls.build_evaluator(cfg, dataset_name)
-            results[dataset_name] = inference_on_dataset(model, loader, evaluator)
+            results[dataset_name] = inference_on_dataset(runner, loader, evaluator)
             if comm.is_main_process():
                 logger.info("Evaluation results for %s in csv format:", dataset_name)
                 print_csv_format(results[dataset_name])
@@ -167,10 +175,32 @@ def check_output_dir(cfg: CfgNode, args) -> None:
         )
 
 
+def _config_with_preset(args) -> CfgNode:
+    """``args.config_file``, the defaults of ``args.preset`` (if any; its benchmarks become
+    DATASETS.TEST), then ``args.opts``: the command line's keys win over the preset's."""
+    preset_name = getattr(args, "preset", None)
+    if not preset_name:
+        return build_config(args.config_file, args.opts)
+    from ..config import resolve_config_paths
+    from ..evaluation.presets import apply_preset, explicit_keys, get_preset
+
+    preset = get_preset(preset_name)
+    explicit = explicit_keys(args.opts)
+    cfg = build_config(args.config_file)
+    apply_preset(cfg, preset, explicit)
+    if "DATASETS.TEST" not in explicit:
+        cfg.DATASETS.TEST = tuple(preset.benchmarks)
+    cfg.merge_from_list(list(args.opts))
+    resolve_config_paths(cfg, args.config_file)
+    return cfg
+
+
 def setup(args) -> CfgNode:
-    """Config from ``args.config_file`` and ``args.opts`` (detectron2's argument parser), frozen,
-    with detectron2's default set-up (logging, output folder, seeding)."""
-    cfg = build_config(args.config_file, args.opts)
+    """Config from ``args.config_file``, ``--preset`` and ``args.opts`` (detectron2's argument
+    parser), frozen, with detectron2's default set-up (logging, output folder, seeding)."""
+    if getattr(args, "preset", None) and not args.eval_only:
+        raise ValueError("--preset sets an evaluation protocol: use it with --eval-only")
+    cfg = _config_with_preset(args)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(
             "MODEL.DEVICE is %r but CUDA is not available: using the CPU", cfg.MODEL.DEVICE
@@ -211,8 +241,19 @@ def start_run(cfg: CfgNode, args: argparse.Namespace) -> None:
 
 
 def build_parser(epilog: str | None = None) -> argparse.ArgumentParser:
-    """The options of ``tools/train_net.py``: detectron2's argument parser plus ``--overwrite``."""
+    """The options of ``tools/train_net.py``: detectron2's argument parser plus ``--preset`` and
+    ``--overwrite``."""
     parser = default_argument_parser(epilog=epilog)
+    from ..evaluation.presets import PRESETS
+
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="with --eval-only: evaluate with this protocol preset (its benchmarks, test sizes, "
+        "readout, thresholds, class names; KEY VALUE pairs win) and write results.json / "
+        "results.md into OUTPUT_DIR (see tools/evaluate_all.py --help)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -226,6 +267,11 @@ def train_net(args: argparse.Namespace):
     """Train (or with ``--eval-only`` evaluate) in this process, as ``tools/train_net.py`` does
     in each process it launches; returns the evaluation results."""
     cfg = setup(args)
+    if args.eval_only and getattr(args, "preset", None):
+        from ..evaluation.evaluate_all import evaluate_and_record
+
+        model = build_eval_model(cfg, resume=args.resume)
+        return evaluate_and_record(cfg, model, args.preset, args.opts)
     if args.eval_only:
         return Trainer.test(cfg, build_eval_model(cfg, resume=args.resume))
     trainer = Trainer(cfg)

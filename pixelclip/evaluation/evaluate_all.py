@@ -313,6 +313,43 @@ def run_worker(args: argparse.Namespace, command: str) -> list[dict] | None:
     return runs if comm.is_main_process() else None
 
 
+def evaluate_and_record(
+    cfg: CfgNode, model: torch.nn.Module, preset: str, opts: list[str] = ()
+) -> dict[str, dict]:
+    """``tools/train_net.py --eval-only --preset P``: evaluate ``cfg.DATASETS.TEST`` with the
+    preset (``opts``: the command line's KEY VALUE pairs, which win over its per-benchmark
+    values) and write results.json / results.md into ``cfg.OUTPUT_DIR``.
+
+    Returns:
+        ``{dataset: {"sem_seg": metrics}}`` as ``Trainer.test`` does (empty on other ranks).
+    """
+    results = evaluate(
+        cfg,
+        model,
+        list(cfg.DATASETS.TEST),
+        output_dir=cfg.OUTPUT_DIR,
+        preset=preset,
+        explicit=explicit_keys(list(opts)),
+    )
+    if not comm.is_main_process():
+        return {}
+    run = tables.make_run(
+        tables.model_label(cfg.MODEL.CLIP.MODEL_NAME, cfg.MODEL.WEIGHTS),
+        results,
+        protocol=cfg.MODEL.PIXELCLIP.TEST.PROTOCOL,
+        preset=preset,
+        weights=cfg.MODEL.WEIGHTS,
+        dense_variant=str(cfg.MODEL.CLIP.DENSE_VARIANT),
+        config=cfg.dump(),
+        command=shlex.join(["tools/train_net.py", *sys.argv[1:]]),
+        max_images=None,
+        num_processes=comm.get_world_size(),
+    )
+    json_path, md_path = tables.write_results([run], cfg.OUTPUT_DIR)
+    logger.info("Wrote %s and %s", json_path, md_path)
+    return {name: {"sem_seg": entry["metrics"]} for name, entry in results.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the tool; returns the exit status (0 ok, 1 some benchmark missing)."""
     argv = sys.argv[1:] if argv is None else list(argv)

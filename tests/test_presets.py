@@ -340,3 +340,123 @@ def test_train_net_eval_only_preset_flag():
     assert args.preset == "training-free" and not args.eval_only
     with pytest.raises(ValueError, match="use it with --eval-only"):
         setup(argparse.Namespace(**vars(args)))
+
+
+# ------------------------------------------------------------------ windows, PAMR, train_net
+class _RecordingBackbone(torch.nn.Module):
+    """Stands for the image tower: records the windows it is given, returns zero features."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim, self.windows = dim, []
+
+    def forward(self, windows):
+        self.windows.append(windows.clone())
+        n, _, h, w = windows.shape
+        return {"clip": torch.zeros(n, self.dim, h // 16, w // 16)}
+
+
+def _naclip_boxes(height, width, crop, stride):
+    """Window corners by NACLIP's rule (naclip.py forward_slide), typed from its loop."""
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    boxes = []
+    for i in range(rows):
+        for j in range(cols):
+            y2, x2 = min(i * stride + crop, height), min(j * stride + crop, width)
+            boxes.append((max(y2 - crop, 0), max(x2 - crop, 0)))
+    return boxes
+
+
+@pytest.mark.parametrize("size", [(40, 56), (33, 97), (32, 32), (64, 50)])
+def test_slide_windows_follow_naclips_rule(size):
+    from detectron2.modeling import build_model
+    from test_meta_arch import tiny_cfg
+
+    model = build_model(tiny_cfg(**{"MODEL.PIXELCLIP.TEST.PROTOCOL": "slide"})).eval()
+    crop, stride = model.slide_crop, model.slide_stride  # 32, 16
+    model.set_vocabulary(["red", "green"])
+    dim = model.sem_seg_head.class_embeddings(["red"]).shape[-1]
+    model.backbone = _RecordingBackbone(dim)
+    height, width = size
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
+    model([{"image": image, "height": height, "width": width}])
+    windows = torch.cat(model.backbone.windows)
+    normalised = model._normalize(image)
+    expected = _naclip_boxes(height, width, crop, stride)
+    assert windows.shape[0] == len(expected)
+    for window, (y, x) in zip(windows, expected):
+        assert torch.equal(window, normalised[:, y : y + crop, x : x + crop]), (y, x)
+
+
+def test_pamr_and_threshold_through_the_readout():
+    """ReadoutModel with PAMR: the refined query maps, softmax x 40, best name, threshold, against
+    a float64 computation of the same steps."""
+    from conftest import assert_close_to_float64
+
+    from pixelclip.inference.pamr import pamr
+    from pixelclip.inference.readout import ReadoutModel
+
+    g = torch.Generator().manual_seed(0)
+    classes = ["background", "cat", "dog, puppy"]
+    height, width = 12, 10
+    cosines = {q: 0.2 + 0.05 * torch.randn(height, width, generator=g) for q in _OFFSETS}
+    image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)
+
+    class Scores(_FixedScores):
+        def forward(self, batched_inputs):
+            return [{"sem_seg": torch.stack([cosines[q] for q in self.vocabulary])}]
+
+    settings = ReadoutSettings("training_free", 40.0, 0.5, pamr_steps=2, pamr_dilations=(1, 2))
+    readout = ReadoutModel(Scores(), classes, settings, background=0)
+    out = readout([{"image": image, "height": height, "width": width}])[0]["sem_seg"]
+
+    def reference(dtype):
+        maps = torch.stack([cosines[q] for q in ("background", "cat", "dog", "puppy")])
+        refined = pamr(image.to(dtype)[None], maps.to(dtype)[None], 2, (1, 2))[0]
+        probs = (40 * refined).softmax(dim=0)
+        return torch.stack([probs[0], probs[1], torch.maximum(probs[2], probs[3])])
+
+    expected64, expected32 = reference(torch.float64), reference(torch.float32)
+    best = expected64.max(dim=0).values
+    assert bool((best < 0.5).any()) and bool((best >= 0.5).any())
+    assert float((best - 0.5).abs().min()) > 1e-4  # no pixel on the edge of the threshold
+    expected64[0] = torch.where(best < 0.5, torch.ones_like(best), expected64[0])
+    expected32[0] = torch.where(best < 0.5, torch.ones_like(best), expected32[0])
+    assert_close_to_float64(out, expected64, expected32)
+    assert settings.as_record()["pamr"] == {"steps": 2, "dilations": [1, 2]}
+
+
+def test_train_net_eval_only_with_the_training_free_preset(files, tmp_path):  # noqa: F811
+    from test_evaluate_all import SIZES, _write_pair
+
+    from pixelclip.engine import build_parser, train_net
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for stem, (h, w) in zip("ab", SIZES):
+        _write_pair(root, stem, h, w, rng)
+    name = "presets_train_net_val_sem_seg"
+    register_sem_seg_dataset(
+        name, root / "images", root / "labels", ["cat", "sky, heaven", "road"], ".png", replace=True
+    )
+    try:
+        args = build_parser().parse_args(
+            ["--config-file", str(files["config"]), "--eval-only", "--preset", "training-free"]
+            + ["DATASETS.TEST", f"('{name}',)", "OUTPUT_DIR", str(tmp_path / "out")]
+            + ["MODEL.PIXELCLIP.TEST.PROMPT_ENSEMBLE", "single", "INPUT.MIN_SIZE_TEST", "64"]
+            + ["MODEL.PIXELCLIP.TEST.SLIDE_CROP", "32", "MODEL.PIXELCLIP.TEST.SLIDE_STRIDE", "16"]
+        )
+        results = train_net(args)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    run = tables.load_runs(tmp_path / "out" / "results.json")[0]
+    entry = run["benchmarks"][name]
+    assert run["preset"] == "training-free" and run["command"].startswith("tools/train_net.py")
+    assert entry["readout"] == "training_free" and entry["num_queries"] == 4
+    assert entry["window"] == {"protocol": "slide", "crop": 32, "stride": 16}
+    assert entry["test_size"][0] == 64 and entry["prompt_ensemble"] == "single"
+    assert entry["prob_threshold"] == 0.0 and entry["background"] is None
+    assert results[name]["sem_seg"]["mIoU"] == entry["mIoU"]
+    assert (tmp_path / "out" / "results.md").is_file()

@@ -269,6 +269,13 @@ def run_worker(args: argparse.Namespace, command: str) -> list[dict] | None:
     for family in model_families(args):
         cfg = setup_cfg(args, family)
         seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
+        if family["dense_variant"] and "convnext" in cfg.MODEL.CLIP.MODEL_NAME.lower():
+            logger.warning(
+                "--dense-variants %s: MODEL.CLIP.DENSE_VARIANT changes ViT towers only; %s reads "
+                "out as before",
+                family["dense_variant"],
+                cfg.MODEL.CLIP.MODEL_NAME,
+            )
         if not family["weights"] and not cfg.MODEL.CLIP.PRETRAINED:
             logger.warning("plain CLIP with MODEL.CLIP.PRETRAINED '': CLIP has random weights")
         model = None

@@ -251,9 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.opts) % 2:
         parser.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
-    from pixelclip.logs import setup_logging
-
-    setup_logging(third_party_level=logging.WARNING)  # ours at INFO; third-party INFO is noise
     # No telemetry or version check from a closed network, before gradio is imported.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -284,4 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from pixelclip.logs import setup_logging
+
+    setup_logging(third_party_level=logging.WARNING)  # ours at INFO; third-party INFO is noise
     sys.exit(main())

@@ -235,9 +235,8 @@ def area_summary(labels, metadata, top: int = 5) -> str:
 # ---------------------------------------------------------------------------------- running
 def run_images(args, predictor, metadata) -> int:
     """Segment every image; returns the number of inputs that failed."""
-    from tqdm import tqdm
-
     from pixelclip.inference.predictor import read_rgb_image
+    from pixelclip.logs import progress
 
     paths, unmatched = expand_inputs(args.input)
     for pattern in unmatched:
@@ -248,27 +247,29 @@ def run_images(args, predictor, metadata) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "classes.json").write_text(json.dumps(predictor.classes, indent=1) + "\n")
     failures = len(unmatched)
-    for path, name in zip(tqdm(paths, desc="images", unit="img"), output_names(paths)):
-        target = out if single_file else (out / f"{name}.png" if out is not None else None)
-        if target is not None and target.resolve() == path.resolve():
-            logger.error("skipping %s: the overlay would overwrite the input", path)
-            failures += 1
-            continue
-        try:
-            rgb = read_rgb_image(path)
-        except (FileNotFoundError, ValueError) as e:
-            logger.error("skipping: %s", e)
-            failures += 1
-            continue
-        result = predictor(rgb)
-        summary = area_summary(result["labels"], metadata)
-        if target is None:
-            tqdm.write(f"{path}: {summary}")
-            continue
-        save_png(target, draw_overlay(rgb, result["labels"], metadata, args.opacity))
-        if args.save_logits:
-            save_logits(target.with_suffix(""), result["sem_seg"], args.save_logits)
-        tqdm.write(f"{path} -> {target}: {summary}")
+    pairs = list(zip(paths, output_names(paths)))
+    with progress(pairs, desc="images", unit="img") as bar:
+        for path, name in bar:
+            target = out if single_file else (out / f"{name}.png" if out is not None else None)
+            if target is not None and target.resolve() == path.resolve():
+                logger.error("skipping %s: the overlay would overwrite the input", path)
+                failures += 1
+                continue
+            try:
+                rgb = read_rgb_image(path)
+            except (FileNotFoundError, ValueError) as e:
+                logger.error("skipping: %s", e)
+                failures += 1
+                continue
+            result = predictor(rgb)
+            summary = area_summary(result["labels"], metadata)
+            if target is None:
+                bar.write(f"{path}: {summary}")
+                continue
+            save_png(target, draw_overlay(rgb, result["labels"], metadata, args.opacity))
+            if args.save_logits:
+                save_logits(target.with_suffix(""), result["sem_seg"], args.save_logits)
+            bar.write(f"{path} -> {target}: {summary}")
     logger.info(
         "processed %d image(s), %d failed", len(paths) + len(unmatched) - failures, failures
     )
@@ -278,7 +279,8 @@ def run_images(args, predictor, metadata) -> int:
 def run_video(args, predictor, metadata) -> int:
     """Segment the frames of a video into an overlay video; returns 1 on failure, else 0."""
     import cv2
-    from tqdm import tqdm
+
+    from pixelclip.logs import progress
 
     source = Path(args.video_input)
     capture = cv2.VideoCapture(str(source))
@@ -306,7 +308,7 @@ def run_video(args, predictor, metadata) -> int:
         logits_dir.mkdir(exist_ok=True)
     frames = 0
     try:
-        with tqdm(total=total, desc="frames", unit="frame") as bar:
+        with progress(None, total=total, desc="frames", unit="frame") as bar:
             while args.max_frames <= 0 or frames < args.max_frames:
                 ok, frame = capture.read()
                 if not ok:
@@ -345,9 +347,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--output {args.output!r}: a video needs an output folder")
     if len(args.opts) % 2:
         parser.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
-    from pixelclip.logs import setup_logging
-
-    setup_logging(third_party_level=logging.WARNING)  # ours at INFO; third-party INFO is noise
 
     from pixelclip.inference.predictor import Predictor, build_config, parse_vocabulary
     from pixelclip.modeling.vocabulary import load_vocabulary
@@ -384,4 +383,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from pixelclip.logs import setup_logging
+
+    setup_logging(third_party_level=logging.WARNING)  # ours at INFO; third-party INFO is noise
     sys.exit(main())

@@ -5,6 +5,7 @@ onnx installed."""
 
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -131,6 +132,7 @@ def _run_folder(tmp_path):
 
 
 def test_cli_graphs_and_text(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pixelclip")  # the tool's __main__ block would
     tool = load_script("tools/export_onnx.py", "export_onnx_tool")
     run, trained = _run_folder(tmp_path)
     weights = str(run / "model_final.pth")

@@ -101,9 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.opts) % 2:
         print(f"error: config overrides must be KEY VALUE pairs, got {args.opts}", file=sys.stderr)
         return 2
-    from pixelclip.logs import setup_logging
-
-    setup_logging(third_party_level=logging.WARNING)  # ours at INFO; third-party INFO is noise
 
     from pixelclip.inference import onnx_export
 
@@ -146,4 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from pixelclip.logs import setup_logging
+
+    setup_logging(third_party_level=logging.WARNING)  # ours at INFO; third-party INFO is noise
     sys.exit(main())

@@ -38,6 +38,7 @@ import argparse
 import logging
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -72,7 +73,13 @@ def _epilog() -> str:
     )
     special = ", ".join(f"{name} {size}" for name, size in SLIDE_TEST_SIZE_BY_DATASET.items())
     preset_lines = "\n".join(
-        f"  {p.name:<14} {len(p.benchmarks)} benchmarks; {p.summary}" for p in PRESETS.values()
+        textwrap.fill(
+            f"{p.name:<14} {len(p.benchmarks)} benchmarks; {p.summary}",
+            width=98,
+            initial_indent="  ",
+            subsequent_indent=" " * 17,
+        )
+        for p in PRESETS.values()
     )
     return __doc__.split("\n\n", 1)[1].format(
         aliases=aliases, slide=SLIDE_TEST_SIZE, slide_special=special, presets=preset_lines

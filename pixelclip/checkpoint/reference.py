@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from .safe_io import _head
+from .safe_io import abbreviated
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def convert_reference_state_dict(
     if missing:
         raise ValueError(
             f"{source}: incomplete reference PixelCLIP checkpoint, {len(missing)} missing: "
-            f"{_head(missing)}"
+            f"{abbreviated(missing)}"
         )
     if not teacher:
         report.absent.append(f"teacher ({REF_TEACHER}visual.*)")
@@ -262,8 +262,9 @@ def check_state_dict_matches(
     missing, unexpected, wrong = state_dict_mismatches(sd, expected)
     if missing or unexpected or wrong:
         raise ValueError(
-            f"{source} does not match the model: {len(missing)} missing keys {_head(missing)}; "
-            f"{len(unexpected)} unexpected keys {_head(unexpected)}; {len(wrong)} tensors of the "
-            f"wrong shape or dtype {_head(wrong)}. Does the config (MODEL.CLIP.MODEL_NAME, "
+            f"{source} does not match the model: {len(missing)} missing keys "
+            f"{abbreviated(missing)}; {len(unexpected)} unexpected keys "
+            f"{abbreviated(unexpected)}; {len(wrong)} tensors of the wrong shape or dtype "
+            f"{abbreviated(wrong)}. Does the config (MODEL.CLIP.MODEL_NAME, "
             "MODEL.PROMPT.*, MODEL.PIXELCLIP.DECODER_CHANNELS) pair with this checkpoint?"
         )

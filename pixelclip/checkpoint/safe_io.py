@@ -241,10 +241,12 @@ def read_checkpoint(
     bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise ValueError(f"{path}: the state dict must map names to tensors; bad entries: "
-                         f"{_head([repr(k) for k in bad])}")  # fmt: skip
+                         f"{abbreviated([repr(k) for k in bad])}")  # fmt: skip
     nonfinite = [k for k, v in sd.items() if not is_finite_weight(k, v)]
     if nonfinite:
-        raise ValueError(f"{path}: {len(nonfinite)} tensors hold NaN or Inf: {_head(nonfinite)}")
+        raise ValueError(
+            f"{path}: {len(nonfinite)} tensors hold NaN or Inf: {abbreviated(nonfinite)}"
+        )
     if sd and all(k.startswith("module.") for k in sd):  # saved from a DDP-wrapped model
         data["model"] = {k[len("module.") :]: v for k, v in sd.items()}
     return data
@@ -259,7 +261,8 @@ def is_finite_weight(name: str, value: Tensor) -> bool:
     return bool(value.isfinite().all())
 
 
-def _head(items: list[str], n: int = 10) -> str:
+def abbreviated(items: list[str], n: int = 10) -> str:
+    """``items`` as a list literal, cut after ``n`` with the number left out (error messages)."""
     return str(items[:n])[:-1] + (f", ... ({len(items) - n} more)]" if len(items) > n else "]")
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import open_clip
 from torch import Tensor, nn
 
-from ..checkpoint.safe_io import read_checkpoint
+from ..checkpoint.safe_io import abbreviated, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -269,15 +269,11 @@ def _load_into(model: nn.Module, sd: dict[str, Tensor], path: str, model_name: s
     if missing or unexpected:
         raise ValueError(
             f"{path} does not match open_clip model {model_name!r}: "
-            f"{len(missing)} missing keys {_head(missing)}, "
-            f"{len(unexpected)} unexpected keys {_head(unexpected)}"
+            f"{len(missing)} missing keys {abbreviated(missing)}, "
+            f"{len(unexpected)} unexpected keys {abbreviated(unexpected)}"
         )
     wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
              for k, v in sd.items() if v.shape != expected[k].shape]  # fmt: skip
     if wrong:
-        raise ValueError(f"{path}: shapes differ from model {model_name!r}: {_head(wrong)}")
+        raise ValueError(f"{path}: shapes differ from model {model_name!r}: {abbreviated(wrong)}")
     model.load_state_dict(sd, strict=True)
-
-
-def _head(items: list[str], n: int = 8) -> str:
-    return str(items[:n])[:-1] + (", ...]" if len(items) > n else "]")

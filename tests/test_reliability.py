@@ -230,6 +230,19 @@ def test_kill_while_checkpointing_resumes_from_the_last_complete_checkpoint(tmp_
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000005.pth"
 
 
+def test_resume_reads_the_checkpoint_file_once(tmp_path, monkeypatch):
+    from pixelclip.checkpoint import checkpointer as module
+
+    PixelCLIPCheckpointer(_linear(0), str(tmp_path)).save("model_0000001")
+    reads = []
+    real = module.read_checkpoint
+    monkeypatch.setattr(module, "read_checkpoint", lambda p, *a, **k: reads.append(p) or real(p))
+    fresh = _linear(1)
+    PixelCLIPCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
+    assert [os.path.basename(p) for p in reads] == ["model_0000001.pth"]
+    assert torch.equal(fresh.weight, _linear(0).weight)
+
+
 def test_plain_detectron2_checkpointer_is_corrupted_by_the_same_kill(tmp_path):
     """Control: the kill above does break a non-atomic writer (so those tests can fail)."""
     model = _linear(0)

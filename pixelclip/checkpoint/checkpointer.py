@@ -55,6 +55,7 @@ class PixelCLIPCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir: str = "", *, allow_partial: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.allow_partial = allow_partial
+        self._already_read: tuple[str, dict] | None = None  # (path, content) read to choose it
 
     # ------------------------------------------------------------------------------- reading
     def load(self, path: str, *args, **kwargs):
@@ -67,8 +68,16 @@ class PixelCLIPCheckpointer(DetectionCheckpointer):
     def _torch_load(self, f: str) -> dict:
         return read_checkpoint(f)
 
+    def _read(self, filename: str) -> dict:
+        """``read_checkpoint(filename)``, or the content :meth:`resumable_checkpoint` already read
+        (a multi-GB file is then read once)."""
+        if self._already_read is not None and self._already_read[0] == filename:
+            loaded, self._already_read = self._already_read[1], None
+            return loaded
+        return read_checkpoint(filename)
+
     def _load_file(self, filename: str) -> dict:
-        loaded = read_checkpoint(filename)
+        loaded = self._read(filename)
         sd = loaded["model"]
         if is_reference_state_dict(sd):
             ours, report = convert_reference_state_dict(sd, source=filename)
@@ -122,7 +131,7 @@ class PixelCLIPCheckpointer(DetectionCheckpointer):
         """The tagged checkpoint, or the newest readable one if the tag names a bad file."""
         tagged = self.get_checkpoint_file()
         try:
-            read_checkpoint(tagged)
+            self._already_read = (tagged, read_checkpoint(tagged))
             return tagged
         except (OSError, ValueError) as e:
             problem = e
@@ -130,7 +139,7 @@ class PixelCLIPCheckpointer(DetectionCheckpointer):
         others.sort(key=lambda p: os.path.getmtime(p), reverse=True)
         for candidate in others:
             try:
-                read_checkpoint(candidate)
+                self._already_read = (candidate, read_checkpoint(candidate))
             except (OSError, ValueError):
                 continue
             logger.warning(

@@ -360,3 +360,22 @@ def test_dense_scores_are_the_inference_scores(checkpoint):
     got = model.dense_scores(inputs, model.sem_seg_head.class_embeddings(CLASSES))[0]
     assert got.shape == (3, 40, 56)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_region_grid_keeps_the_swatch_colours(tmp_path):
+    from pixelclip.analysis.pictures import write_region_grid
+
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    rows = [(f"c{i}", "text", (10 * i, 200 - 5 * i, 50), tiles) for i in range(20)]
+    write_region_grid(tmp_path / "g.png", rows, 3, 32, rows_per_column=10)
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.mode == "P"  # the 256-colour palette
+        rgb = np.asarray(im.convert("RGB"))
+    row_h = 32 + 4  # tile side + pad
+    for i in range(20):
+        x, y = 4 + (i // 10) * (150 + 3 * 36 + 12), 4 + (i % 10) * row_h
+        assert tuple(rgb[y + 7, x + 5]) == rows[i][2]
+    first = rgb[4 : 4 + 32, 4 + 150 : 4 + 150 + 32].astype(int)
+    # uniform noise, the worst case for a palette: ~14 off on average (another tile: ~85)
+    assert np.abs(first - tiles[0]).mean() < 30

@@ -110,3 +110,22 @@ def test_a_fixed_vocabulary_must_match_the_test_classes(tiny_dataset, tmp_path):
     bad = {"DATASETS.TEST": f"('{name}',)", "MODEL.PIXELCLIP.TEST.VOCABULARY_FILE": str(vocabulary)}
     with pytest.raises(ValueError, match=r"TEST.VOCABULARY_FILE: 4 classes"):
         validate_config(_cfg(**bad), training=False)
+
+
+def test_eval_only_without_test_datasets_says_so(tmp_path):
+    """A run's config.yaml with ``DATASETS.TEST ()`` (the quickstart trains so) evaluates nothing:
+    ``--eval-only`` says what to add instead of ending silently."""
+    import argparse
+
+    from conftest import REPO
+
+    from pixelclip.engine import train_net
+
+    args = argparse.Namespace(
+        config_file=str(REPO / "configs/quick_schedules/pixelclip_tiny_vit_cpu.yaml"),
+        eval_only=True,
+        resume=False, overwrite=False, num_gpus=1,
+        opts=["DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"--eval-only: DATASETS\.TEST is empty.*DATASETS\.TEST"):
+        train_net(args)

@@ -273,6 +273,11 @@ def train_net(args: argparse.Namespace):
         model = build_eval_model(cfg, resume=args.resume)
         return evaluate_and_record(cfg, model, args.preset, args.opts)
     if args.eval_only:
+        if not cfg.DATASETS.TEST:
+            raise ValueError(
+                f"--eval-only: DATASETS.TEST is empty in {args.config_file}, so there is nothing "
+                "to evaluate; name the datasets, e.g. DATASETS.TEST '(\"toyworld_test_sem_seg\",)'"
+            )
         return Trainer.test(cfg, build_eval_model(cfg, resume=args.resume))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

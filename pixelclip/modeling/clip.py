@@ -70,10 +70,10 @@ def create_clip(
     checkpoint_path = (
         _resolve_weights(model_name, pretrained, cache_dir, force_quick_gelu) if pretrained else ""
     )
-    # open_clip warns "No pretrained weights loaded" (root logger); untrue when we load next.
-    quiet = _DropRecords("No pretrained weights loaded") if checkpoint_path else None
-    if quiet:
-        logging.getLogger().addFilter(quiet)
+    # open_clip warns "No pretrained weights loaded" (root logger) since we never let it load
+    # weights: untrue when we load them next, and said in our own words below otherwise.
+    quiet = _DropRecords("No pretrained weights loaded")
+    logging.getLogger().addFilter(quiet)
     try:
         # pretrained_text=False: never let open_clip fetch Hugging Face text towers by itself.
         model = open_clip.create_model(
@@ -85,13 +85,12 @@ def create_clip(
             pretrained_text=False,
         )
     finally:
-        if quiet:
-            logging.getLogger().removeFilter(quiet)
+        logging.getLogger().removeFilter(quiet)
     if checkpoint_path:
         _load_into(model, load_state_dict_file(checkpoint_path), checkpoint_path, model_name)
         logger.info("Loaded CLIP %s weights from %s", model_name, checkpoint_path)
     else:
-        logger.info("CLIP %s has random weights (pretrained='')", model_name)
+        logger.info("CLIP %s built with random weights (no pretrained file)", model_name)
     return model.eval()
 
 

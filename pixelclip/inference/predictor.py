@@ -184,6 +184,7 @@ def _resolve_source(cfg_or_path, weights: str | None) -> tuple[CfgNode, str]:
                 "pixelclip.add_pixelclip_config(cfg)"
             )
         cfg = cfg_or_path.clone()
+        cfg.defrost()  # a frozen config (as train_net leaves it) is accepted too
     elif isinstance(cfg_or_path, (str, os.PathLike)):
         path = Path(cfg_or_path)
         suffix = path.suffix.lower()

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_close_to_float64
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from torch.utils.flop_counter import FlopCounterMode
 
+from pixelclip.modeling import vocabulary
 from pixelclip.modeling.text import CLIPTextEncoder
 from pixelclip.modeling.vocabulary import (
     PROMPT_ENSEMBLES,
@@ -30,17 +32,23 @@ def encoder(tiny_vit, tokenizer):
     return CLIPTextEncoder.from_clip(tiny_vit, tokenizer)
 
 
-def count_encode_calls(encoder, monkeypatch):
-    """Record (rows, length, shared prefix) of every text-tower pass."""
+def count_encode_calls(monkeypatch):
+    """Record the number of texts of every encode_prompt_texts call (the text-tower work)."""
     calls = []
-    original = encoder.encode_embeddings
+    original = vocabulary.encode_prompt_texts
 
-    def counted(embeds, eot_index, shared_prefix=0):
-        calls.append((embeds.shape[0], embeds.shape[1], shared_prefix))
-        return original(embeds, eot_index, shared_prefix=shared_prefix)
+    def counted(encoder, texts, group_of, batch_size=256):
+        calls.append(len(texts))
+        return original(encoder, texts, group_of, batch_size=batch_size)
 
-    monkeypatch.setattr(encoder, "encode_embeddings", counted)
+    monkeypatch.setattr(vocabulary, "encode_prompt_texts", counted)
     return calls
+
+
+def tower_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def test_prompt_ensembles():
@@ -135,14 +143,9 @@ def naive_class_embeddings(model, tokenizer, names, templates):
 
 
 def test_encode_vocabulary_matches_naive_loop(tiny_vit, tokenizer, encoder, monkeypatch):
-    calls = count_encode_calls(encoder, monkeypatch)
+    calls = count_encode_calls(monkeypatch)
     got = encode_vocabulary(encoder, NAMES, TEMPLATES)
-    # One pass per template for its (class, synonym) texts, the template's leading tokens
-    # (start-of-text and the words before the class) shared.
-    assert len(calls) == len(TEMPLATES)
-    assert sum(rows for rows, _, _ in calls) == (1 + 3 + 1 + 1) * len(TEMPLATES)
-    prefixes = [len(tokenizer.encode(t.split("{}")[0])) + 1 for t in TEMPLATES]
-    assert [p for _, _, p in calls] == prefixes
+    assert calls == [(1 + 3 + 1 + 1) * len(TEMPLATES)]  # every distinct text, one call
     expected = naive_class_embeddings(tiny_vit, tokenizer, NAMES, TEMPLATES)
     model64 = copy.deepcopy(tiny_vit).double()
     expected64 = naive_class_embeddings(model64, tokenizer, NAMES, TEMPLATES)
@@ -165,11 +168,11 @@ def test_encode_vocabulary_bad_input(encoder):
 
 
 def test_embedder_memory_and_disk_cache(encoder, tmp_path, monkeypatch, caplog):
-    calls = count_encode_calls(encoder, monkeypatch)
+    calls = count_encode_calls(monkeypatch)
     embedder = VocabularyEmbedder(cache_dir=tmp_path / "cache")
     first = embedder(encoder, NAMES, TEMPLATES)
     second = embedder(encoder, NAMES, TEMPLATES)
-    assert len(calls) == len(TEMPLATES)  # the first call only
+    assert len(calls) == 1  # the first call only
     assert torch.equal(first, second)
     expected = encode_vocabulary(encoder, NAMES, TEMPLATES)
     torch.testing.assert_close(first, expected)
@@ -185,7 +188,7 @@ def test_embedder_memory_and_disk_cache(encoder, tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         again = VocabularyEmbedder(cache_dir=tmp_path / "cache")(encoder, NAMES, TEMPLATES)
     assert "ignoring unreadable" in caplog.text
-    assert len(calls) == len(TEMPLATES)
+    assert len(calls) == 1
     torch.testing.assert_close(again, first)
     data = torch.load(files[0], weights_only=True)  # rewritten, readable again
     assert torch.equal(data["embeddings"], again)
@@ -218,18 +221,20 @@ def test_common_prefix_length():
     assert common_prefix_length(torch.tensor([[1, 2], [3, 2]]), torch.tensor([1, 1])) == 0
 
 
+@pytest.mark.parametrize("packed", [True, False])
 def test_prompt_texts_with_shared_prefixes_equal_the_plain_encoding(
-    tiny_vit, tokenizer, encoder, monkeypatch
+    tiny_vit, tokenizer, encoder, monkeypatch, packed
 ):
     """Grouped, prefix-sharing encoding against open_clip's 77-token encode_text in float64 and
-    in fp32, with groups of one text, groups without a common prefix and small batches."""
+    in fp32, with groups of one text, groups without a common prefix and small batches; the
+    packed path (all groups' tails batched, last block at end-of-text only) and the group-by-
+    group path of towers it does not support."""
+    if not packed:
+        monkeypatch.setattr(vocabulary, "_packable", lambda encoder: False)
     texts = [t.format(n) for t in TEMPLATES for n in ("cat", "traffic light", "a b c d e")]
     texts += ["dog", "sky at night", "a photo of a dog"]
     groups = [i // 3 for i in range(9)] + [9, 10, 10]
-    calls = count_encode_calls(encoder, monkeypatch)
     got = encode_prompt_texts(encoder, texts, groups, batch_size=2)
-    assert any(p > 0 for _, _, p in calls)  # prefixes were shared
-    assert sum(rows for rows, _, _ in calls) == len(texts)
     tokens = tokenizer(texts)
     with torch.no_grad():
         expected = tiny_vit.encode_text(tokens)
@@ -240,15 +245,13 @@ def test_prompt_texts_with_shared_prefixes_equal_the_plain_encoding(
     assert encode_prompt_texts(encoder, [], []).shape == (0, 32)
 
 
-def test_prompt_texts_cost_fewer_positions_than_plain(encoder, monkeypatch):
-    """The positions the tower runs (rows x length, the shared prefix counted once per pass)
-    for 3 templates x 4 classes: fewer than one encode_text call on the same texts."""
-    names = ["cat", "traffic light", "sky", "tree"]
-    texts = [t.format(n) for t in TEMPLATES for n in names]
-    calls = count_encode_calls(encoder, monkeypatch)
-    encode_prompt_texts(encoder, texts, [i // 4 for i in range(len(texts))])
-    ours = sum(p + rows * (length - p) for rows, length, p in calls)
-    calls.clear()
-    encoder.encode_text(texts)
-    plain = sum(rows * length for rows, length, _ in calls)
-    assert ours < plain
+def test_prompt_texts_cost_fewer_flops_than_plain(encoder):
+    """The template's head runs once per template and the last block at end-of-text only:
+    fewer FLOPs than one length-sorted encode_text call on the same texts (counted)."""
+    names = ["cat", "traffic light", "sky", "tree", "person", "potted plant"]
+    templates = PROMPT_ENSEMBLES["imagenet_select"]
+    texts = [t.format(n) for t in templates for n in names]
+    groups = [i // len(names) for i in range(len(texts))]
+    ours = tower_flops(lambda: encode_prompt_texts(encoder, texts, groups))
+    plain = tower_flops(lambda: encoder.encode_text(texts))
+    assert ours < 0.75 * plain

@@ -25,10 +25,12 @@ CUDA calls. The JSON (``--output``, default ``gpu_suite.json``) holds every step
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import copy
 import datetime
 import json
 import logging
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -47,7 +49,7 @@ VITB_CONFIG = REPO / "configs" / "pixelclip_vitb16_sa1b_bs48_10k.yaml"
 FLOAT32_EPS = 2.0**-23
 
 # Sizes of the real suite and of --dry-run.
-REAL = {"samples": 24, "image": (1500, 2250), "masks": 100, "quick_iters": 20, "vitb_iters": 30,
+REAL = {"samples": 16, "image": (1500, 2250), "masks": 100, "quick_iters": 20, "vitb_iters": 30,
         "vitb_batch": 12, "repeats": 5}  # fmt: skip
 DRY = {"samples": 3, "image": (80, 120), "masks": 6, "quick_iters": 2, "vitb_iters": 2,
        "vitb_batch": 2, "repeats": 1}  # fmt: skip
@@ -80,8 +82,18 @@ def write_samples(root: Path, sizes: dict) -> Path:
 
     folder = root / "sa1b" / "sa_000000"
     folder.mkdir(parents=True, exist_ok=True)
-    for n in range(1, sizes["samples"] + 1):
-        write_sa1b_sample(folder, *sizes["image"], sizes["masks"], seed=n, number=n)
+    numbers = range(1, sizes["samples"] + 1)
+    processes = min(8, os.cpu_count() or 1, len(numbers))
+    if processes <= 1 or sizes["image"][0] < 1000:  # tiny samples: not worth the processes
+        for n in numbers:
+            write_sa1b_sample(folder, *sizes["image"], sizes["masks"], seed=n, number=n)
+        return root
+    context = multiprocessing.get_context("fork")  # no re-import; numpy/PIL work only
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        jobs = [pool.submit(write_sa1b_sample, folder, *sizes["image"], sizes["masks"], n, n)
+                for n in numbers]  # fmt: skip
+        for job in jobs:
+            job.result()
     return root
 
 

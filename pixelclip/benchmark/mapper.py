@@ -25,10 +25,16 @@ def write_sa1b_sample(
     for i in range(num_masks):
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
         ry, rx = rng.uniform(0.01, 0.3) * height, rng.uniform(0.01, 0.3) * width
+        # Evaluated on the shape's bounding box (plus a margin) only: outside it both tests are
+        # False, so the mask equals the whole-image evaluation, ~10x cheaper at 1500 x 2250.
+        y0, y1 = max(0, int(cy - ry) - 2), min(height, int(cy + ry) + 3)
+        x0, x1 = max(0, int(cx - rx) - 2), min(width, int(cx + rx) + 3)
+        by, bx = yy[y0:y1, x0:x1], xx[y0:y1, x0:x1]
+        m = np.zeros((height, width), dtype=bool)
         if i % 2:
-            m = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+            m[y0:y1, x0:x1] = ((by - cy) / ry) ** 2 + ((bx - cx) / rx) ** 2 < 1
         else:
-            m = (abs(yy - cy) < ry) & (abs(xx - cx) < rx)
+            m[y0:y1, x0:x1] = (abs(by - cy) < ry) & (abs(bx - cx) < rx)
         rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         rle = {"size": [height, width], "counts": rle["counts"].decode()}
         annotations.append({"id": i, "segmentation": rle, "area": int(m.sum())})

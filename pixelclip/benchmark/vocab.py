@@ -1,8 +1,9 @@
 """The cost of a new vocabulary (``vocab:vit:{ours,plain}``): the 150 ADE20K classes x the 8
 templates of ``imagenet_select`` through the random-weight ViT-B/16 text tower, every run a
 vocabulary the embedder has not seen (no cache). "ours" is
-:func:`~pixelclip.modeling.vocabulary.encode_vocabulary` (texts grouped by template, the
-template's leading tokens shared); "plain" encodes the same distinct texts with one
+:func:`~pixelclip.modeling.vocabulary.encode_vocabulary` (each template's leading tokens run
+once, the rest of all texts batched by length, the last block at end-of-text only); "plain"
+encodes the same distinct texts with one
 :meth:`~pixelclip.modeling.text.CLIPTextEncoder.encode_text` call (sorted by length, each batch
 truncated to its longest text; what ``encode_vocabulary`` did before)."""
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..checkpoint.safe_io import read_tensor_file, write_atomically
+from .attention import residual_block, supports_block
 from .text import CLIPTextEncoder
 
 logger = logging.getLogger(__name__)
@@ -256,12 +257,16 @@ def encode_prompt_texts(
     """:meth:`CLIPTextEncoder.encode_text` of ``texts``, sharing the work of common prefixes.
 
     The texts are tokenized once and split into the groups ``group_of`` names (e.g. one group
-    per template). Within a group, the positions that every text has in common from the start
-    are computed once per batch and the rest of each text attends to them as a cached prefix
-    (:meth:`CLIPTextEncoder.encode_embeddings` with ``shared_prefix``: the tower is causal, so
-    the prefix's hidden states do not depend on what follows). The same result as one
-    ``encode_text`` call up to float rounding. Texts of a group are sorted by length, and each
-    batch runs to its longest text only.
+    per template). The tower being causal, the positions every text of a group has in common
+    from the start (its "head": start-of-text and the template's words before the class) have
+    the same hidden states in all of them: each head runs once, and the rest of every text (its
+    "tail") attends to its head's cached keys and values. With open_clip's standard blocks
+    (:func:`~.attention.supports_block`) the tails of all groups are batched together, sorted
+    by tail length so that a batch has little padding (:func:`_encode_tails`), and the last
+    block runs its queries, output projection and MLP at the end-of-text positions only (the
+    one it pools); other towers run group by group through
+    :meth:`CLIPTextEncoder.encode_embeddings` with ``shared_prefix``. The same result as one
+    ``encode_text`` call up to float rounding.
 
     Args:
         texts: N strings.
@@ -286,20 +291,126 @@ def encode_prompt_texts(
     members: dict = {}
     for i, g in enumerate(group_of):
         members.setdefault(g, []).append(i)
-    for rows in members.values():
-        rows = torch.tensor(rows)
+    groups = [torch.tensor(rows) for rows in members.values()]
+    heads = [common_prefix_length(ids[rows], eot[rows]) if len(rows) > 1 else 0 for rows in groups]
+    if _packable(text_encoder):
+        return _encode_tails(text_encoder, ids, eot, groups, heads, batch_size, out)
+    for rows, head in zip(groups, heads):
         rows = rows[torch.argsort(eot[rows], stable=True)]
         for start in range(0, len(rows), batch_size):
             sel = rows[start : start + batch_size]
             length = int(eot[sel].max()) + 1
-            batch_ids = ids[sel, :length]
-            prefix = common_prefix_length(batch_ids, eot[sel]) if len(sel) > 1 else 0
             feats = text_encoder.encode_embeddings(
-                text_encoder.token_embedding(batch_ids.to(device)),
+                text_encoder.token_embedding(ids[sel, :length].to(device)),
                 eot[sel].to(device),
-                shared_prefix=prefix,
+                shared_prefix=head if len(sel) > 1 else 0,
             )
             out[sel.to(device)] = feats.to(out.dtype)
+    return out
+
+
+def _packable(text_encoder: CLIPTextEncoder) -> bool:
+    """Whether :func:`_encode_tails` can run the tower: batch-first open_clip blocks that
+    :func:`~.attention.residual_block` supports."""
+    blocks = getattr(text_encoder.transformer, "resblocks", None)
+    return (
+        blocks is not None
+        and len(blocks) > 0
+        and getattr(text_encoder.transformer, "batch_first", True)
+        and all(supports_block(b) for b in blocks)
+    )
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """(N, L, W) -> (N, heads, L, W / heads)."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def _encode_tails(text_encoder, ids, eot, groups, heads, batch_size, out) -> Tensor:
+    """The packed computation of :func:`encode_prompt_texts` (standard blocks only).
+
+    Each group's head (P_g positions) runs once through the blocks, keeping every block's keys
+    and values, padded to the longest head. A batch of tails (rows of several groups, tail
+    lengths S) then runs each block as open_clip's pre-norm residual block does, its queries
+    attending to [own head's keys (padding masked out), own tail's keys (causal)], with the
+    positional embeddings of their real positions. In the last block only the end-of-text
+    query of each row is computed.
+    """
+    device = out.device
+    blocks = list(text_encoder.transformer.resblocks)
+    cast = text_encoder.transformer.get_cast_dtype()
+    pos = text_encoder.positional_embedding.to(cast)
+    width = text_encoder.width
+    num_heads = blocks[0].attn.num_heads
+    longest = max(max(heads), 1)
+    # Per group and block: the head's keys and values, (G, P_max, W) each, zero-padded.
+    head_k = torch.zeros(len(blocks), len(groups), longest, width, device=device, dtype=cast)
+    head_v = torch.zeros_like(head_k)
+    for g, (rows, p) in enumerate(zip(groups, heads)):
+        if p == 0:
+            continue
+        x = text_encoder.token_embedding(ids[rows[0], :p].to(device)).to(cast)[None] + pos[:p]
+        causal = text_encoder.attn_mask[:p, :p].to(device)
+        for b, block in enumerate(blocks):
+            kv = F.linear(block.ln_1(x), block.attn.in_proj_weight[width:],
+                          None if block.attn.in_proj_bias is None
+                          else block.attn.in_proj_bias[width:])  # fmt: skip
+            head_k[b, g, :p], head_v[b, g, :p] = kv[0].chunk(2, dim=-1)
+            x = residual_block(block, x, attn_mask=causal)
+    group_index = torch.empty(len(ids), dtype=torch.long)
+    head_len = torch.empty(len(ids), dtype=torch.long)
+    for g, (rows, p) in enumerate(zip(groups, heads)):
+        group_index[rows], head_len[rows] = g, p
+    rows_all = torch.cat(groups)
+    tail_len = eot[rows_all] + 1 - head_len[rows_all]
+    rows_all = rows_all[torch.argsort(tail_len, stable=True)]
+    for start in range(0, len(rows_all), batch_size):
+        sel = rows_all[start : start + batch_size]
+        s = int((eot[sel] + 1 - head_len[sel]).max())
+        offsets = head_len[sel, None] + torch.arange(s)  # (N, S) real positions of the tail
+        offsets = offsets.clamp(max=ids.shape[1] - 1)
+        tail_ids = ids[sel[:, None], offsets].to(device)
+        x = text_encoder.token_embedding(tail_ids).to(cast) + pos[offsets.to(device)]
+        g_sel = group_index[sel].to(device)
+        # Additive mask over [head (P_max), tail (S)] keys: a head slot counts if it is real,
+        # a tail key if it is not after the query (causal).
+        key_pos = torch.arange(longest, device=device)
+        head_ok = key_pos[None, :] < head_len[sel].to(device)[:, None]  # (N, P_max)
+        tail_ok = torch.ones(s, s, dtype=torch.bool, device=device).tril()
+        allowed = torch.cat([head_ok[:, None, :].expand(-1, s, -1),
+                             tail_ok[None].expand(len(sel), -1, -1)], dim=-1)  # fmt: skip
+        mask = torch.zeros(allowed.shape, dtype=cast, device=device)
+        mask.masked_fill_(~allowed, float("-inf"))
+        eot_tail = (eot[sel] - head_len[sel]).to(device)
+        for b, block in enumerate(blocks):
+            last = b == len(blocks) - 1
+            attn = block.attn
+            h = block.ln_1(x)
+            weight, bias = attn.in_proj_weight, attn.in_proj_bias
+            k, v = F.linear(h, weight[width:], None if bias is None else bias[width:]).chunk(2, -1)
+            if last:  # only the pooled position matters from here on
+                x = x[torch.arange(len(sel), device=device), eot_tail][:, None]
+                h = h[torch.arange(len(sel), device=device), eot_tail][:, None]
+                rows_mask = mask[torch.arange(len(sel), device=device), eot_tail][:, None]
+            else:
+                rows_mask = mask
+            q = F.linear(h, weight[:width], None if bias is None else bias[:width])
+            keys = torch.cat([head_k[b, g_sel], k], dim=1)
+            values = torch.cat([head_v[b, g_sel], v], dim=1)
+            y = F.scaled_dot_product_attention(
+                _split_heads(q, num_heads),
+                _split_heads(keys, num_heads),
+                _split_heads(values, num_heads),
+                attn_mask=rows_mask[:, None],
+            )
+            y = F.linear(y.transpose(1, 2).flatten(2), attn.out_proj.weight, attn.out_proj.bias)
+            x = x + block.ls_1(y)
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = text_encoder.ln_final(x[:, 0])
+        proj = text_encoder.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+        out[sel.to(device)] = x.to(out.dtype)
     return out
 
 

@@ -17,8 +17,9 @@ Steps (each printed with its duration):
      (``clusters/``: nearest names, matching to the classes, pictures; the files of
      ``tools/analyze_clusters.py``, pixelclip.analysis);
   6. write ``results.md`` / ``results.json`` (mIoU over all, stuff and thing classes; mean +- std
-     over seeds), the per-run records ``runs/results.{md,json}`` and ``grid.png`` (image | ground
-     truth | baseline | PixelCLIP for a few test images).
+     over seeds), the per-run records ``runs/results.{md,json}``, ``grid.png`` (image | ground
+     truth | baseline | PixelCLIP for a seeded random choice of test images) and
+     ``iou_per_class.png`` (test IoU of every class, baseline vs. PixelCLIP's mean over seeds).
 
 With ``--ablations`` the same seeds are also trained and evaluated with each ablation (a config
 override, see ``ablations()``) and reported as further rows of the same table; an ablation that
@@ -45,7 +46,15 @@ import time
 from pathlib import Path
 
 from ..cli_help import HelpFormatter
-from .report import predict, summarise, to_markdown, write_grid
+from .report import (
+    chart_models,
+    grid_sample,
+    predict,
+    summarise,
+    to_markdown,
+    write_grid,
+    write_iou_chart,
+)
 from .runs import (  # noqa: F401 -- same_config, train_overrides: part of this module's API
     SPLITS,
     Steps,
@@ -170,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
         return meta
 
     steps.run(f"1. ToyWorld at {world}", build_world)
-    grid_dicts = DatasetCatalog.get(SPLITS["test"])[: args.grid_images]
+    # A fixed, seeded random choice of test images (neither hand-picked nor the first ones).
+    grid_dicts = grid_sample(DatasetCatalog.get(SPLITS["test"]), args.grid_images, seed=0)
     runs, grid_columns, baseline = [], {}, None
     cfg = build_cfg(args.config_file, opts, str(out / "baseline"))
     command = " ".join([sys.executable, *sys.argv])
@@ -260,9 +270,13 @@ def main(argv: list[str] | None = None) -> dict:
     write_results(runs, out / "runs")
     if grid_dicts and grid_columns:
         write_grid(out / "grid.png", grid_dicts, grid_columns)
+    chart = chart_models(baseline, args.label, [] if args.skip_main else results[args.label])
+    if chart:
+        write_iou_chart(out / "iou_per_class.png", chart)
     print("\n" + markdown)
     print(
         f"Written: {out / 'results.md'}, {out / 'results.json'}, {out / 'runs'}"
         + (f", {out / 'grid.png'}" if grid_dicts and grid_columns else "")
+        + (f", {out / 'iou_per_class.png'}" if chart else "")
     )
     return summary

@@ -108,7 +108,8 @@ def test_paper_preset_changes_nothing_and_large_adds_two_benchmarks():
     assert large == [*NACLIP, "pascal_context_459_val_sem_seg", "ade20k_847_val_sem_seg"]
     setup = benchmark_setup(cfg, paper, "voc_21_val_sem_seg")
     assert setup.test_size == (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    assert setup.prob_threshold == 0.0 and setup.vocabulary == "stuff_classes of voc_21_val_sem_seg"
+    assert setup.prob_threshold == 0.0
+    assert setup.vocabulary.startswith("pixelclip/data/class_names/voc_21.json")
     with pytest.raises(ValueError, match="KEY VALUE pairs"):
         explicit_keys(["MODEL.DEVICE"])
     with pytest.raises(ValueError, match="PROB_THRESHOLD 0.2: a probability threshold needs"):

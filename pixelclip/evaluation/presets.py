@@ -320,6 +320,11 @@ def benchmark_setup(
                 f"{len(expected)}; expected one entry per label index"
             )
     else:
+        from ..data.benchmarks import BENCHMARKS
+
         names = list(MetadataCatalog.get(dataset_name).stuff_classes)
         vocabulary = f"stuff_classes of {dataset_name}"
+        spec = next((b for b in BENCHMARKS if b.name == dataset_name), None)
+        if spec is not None:
+            vocabulary = f"pixelclip/data/class_names/{spec.classes}.json ({vocabulary})"
     return BenchmarkSetup(tuple(int(v) for v in size), threshold, background, names, vocabulary)

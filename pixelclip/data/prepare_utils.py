@@ -9,8 +9,8 @@ behave the same way:
   never leaves a truncated PNG, and a re-run skips what is done (resumable);
 * images are hard-linked into the dataset root (no extra space), with a copy as fallback, or used in
   place when the release already sits at the expected location;
-* a tqdm progress bar, and a final check of the number of prepared images against the official
-  count (a warning, or an error with ``--strict``).
+* a progress bar (log lines stay above it), and a final check of the number of prepared images
+  against the official count (a warning, or an error with ``--strict``).
 
 A script is its label conversion plus a plan: :func:`build_parser` gives the options all scripts
 share, and :func:`run` is the whole ``main`` around a function that finds the release and lists
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ..checkpoint.safe_io import write_atomically
 from ..cli_help import HelpFormatter
+from ..logs import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -251,26 +251,28 @@ def convert_samples(
         is missing from the release (they are left out, and reported).
     """
     summary = Summary()
-    for sample in tqdm(samples, desc=desc, total=total, disable=not progress, unit="img"):
-        if not sample.image_src.is_file() or not sample.label_src.is_file():
-            summary.missing.append(sample.key)
-            continue
-        if place is None:
-            place_image(sample.image_src, sample.image_dst, link_mode)
-        else:
-            place(sample, link_mode)
-        if not overwrite and all(p.is_file() for p in sample.label_dsts):
-            summary.skipped += 1
-            continue
-        labels = convert(sample)
-        if len(labels) != len(sample.label_dsts):
-            raise RuntimeError(
-                f"{sample.key}: converter returned {len(labels)} label maps for "
-                f"{len(sample.label_dsts)} outputs"
-            )
-        for label, dst in zip(labels, sample.label_dsts):
-            atomic_save_png(label, dst)
-        summary.converted += 1
+    bar = progress_bar(samples, desc=desc, total=total, disable=not progress, unit="img")
+    with bar as samples_shown:
+        for sample in samples_shown:
+            if not sample.image_src.is_file() or not sample.label_src.is_file():
+                summary.missing.append(sample.key)
+                continue
+            if place is None:
+                place_image(sample.image_src, sample.image_dst, link_mode)
+            else:
+                place(sample, link_mode)
+            if not overwrite and all(p.is_file() for p in sample.label_dsts):
+                summary.skipped += 1
+                continue
+            labels = convert(sample)
+            if len(labels) != len(sample.label_dsts):
+                raise RuntimeError(
+                    f"{sample.key}: converter returned {len(labels)} label maps for "
+                    f"{len(sample.label_dsts)} outputs"
+                )
+            for label, dst in zip(labels, sample.label_dsts):
+                atomic_save_png(label, dst)
+            summary.converted += 1
     return summary
 
 

@@ -233,7 +233,11 @@ def explicit_config_keys(args: argparse.Namespace) -> set[str]:
 
 def setup_cfg(args: argparse.Namespace, family: dict | None = None) -> CfgNode:
     """The frozen config: file, the preset's defaults, KEY VALUE overrides, then the options of
-    this tool (``family``: one of :func:`model_families`; None = the first)."""
+    this tool (``family``: one of :func:`model_families`; None = the first). Options missing
+    from ``args`` take the parser's defaults."""
+    defaults = {a.dest: a.default for a in build_parser()._actions if a.dest != "help"}
+    args = argparse.Namespace(**{**defaults, **vars(args)})
+    args.opts = list(args.opts or [])
     family = family or (model_families(args) or [{"weights": "", "dense_variant": None}])[0]
     cfg = get_cfg()
     add_pixelclip_config(cfg)

@@ -213,8 +213,8 @@ def write_iou_chart(
         draw.text((pad, y + (group - gap) // 2 - 6), name, fill=(0, 0, 0))
         for m, ious in enumerate(models.values()):
             value = ious[name]
-            if math.isfinite(value) and value > 0:
-                length = round(axis_w * min(value, 100.0) / 100)
+            length = round(axis_w * min(value, 100.0) / 100) if math.isfinite(value) else 0
+            if length > 0:  # below half a pixel (or NaN): no bar
                 top = y + m * bar
                 draw.rectangle([x0 + 1, top, x0 + length, top + bar - 2], fill=CHART_COLOURS[m])
     canvas.save(path)

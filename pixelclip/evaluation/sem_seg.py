@@ -14,8 +14,8 @@ numbers:
   integers (PIL mode 1, L, P or I*), and the image's size after its EXIF orientation (the size
   detectron2's test mapper and the model use);
 * :meth:`~CheckedSemSegEvaluator.process` checks the decoded values, one pass over each map:
-  ``0..C-1`` or the dataset's ``ignore_label`` (255 for every benchmark of this project), and
-  the size of the model's prediction.
+  ``0..C-1`` or the dataset's ``ignore_label`` (255, or 65535 in the 16-bit maps of Context-459
+  and ADE-847), and the size of the model's prediction.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pixelclip.analysis.cli import main  # noqa: E402
+from pixelclip.logs import setup_logging  # noqa: E402
 
 if __name__ == "__main__":
+    setup_logging()
     sys.exit(main())

@@ -82,13 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the analysis; returns 0, or 2 with the error on stderr for bad input."""
-    from detectron2.utils.logger import setup_logger
-
     from ..config import build_config
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logger(name="pixelclip")
     try:
         cfg = build_config(args.config_file, args.opts)
         if args.device:

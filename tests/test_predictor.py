@@ -90,11 +90,15 @@ def test_model_trained_on_bgr_gets_bgr_from_rgb_input(predictor, expected):
 
 def test_vocabulary_changes_between_calls_and_embeddings_are_cached(predictor, monkeypatch):
     rgb = smooth_image(1)
-    text = predictor.model.sem_seg_head.text
+    from pixelclip.modeling import vocabulary
+
     calls = []
-    original = text.encode_text
-    monkeypatch.setattr(text, "encode_text", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = vocabulary.encode_prompt_texts
+    monkeypatch.setattr(  # every text-tower pass of a vocabulary goes through this function
+        vocabulary, "encode_prompt_texts", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     first = predictor(rgb, "tree, sky | heaven")
+    assert calls, "the counter must see the first vocabulary's encoding"
     assert first["classes"] == ["tree", "sky, heaven"] and first["sem_seg"].shape[0] == 2
     second = predictor(rgb, ["sky | heaven", "road", "tree"])
     assert second["classes"] == ["sky, heaven", "road", "tree"]

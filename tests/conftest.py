@@ -141,3 +141,12 @@ def _restore_logging():
     for logger, handlers, propagate, level, filters in saved:
         logger.handlers[:] = handlers
         logger.propagate, logger.level, logger.filters[:] = propagate, level, filters
+
+
+@pytest.fixture
+def catalog_restored():
+    """Tests re-register the benchmarks at a tmp root; put the default registration back after."""
+    yield
+    from pixelclip.data.benchmarks import register_all_benchmarks
+
+    register_all_benchmarks()

@@ -27,13 +27,6 @@ def load_prepare_script(name: str):
     return load_script(f"datasets/{name}.py", f"_prepare_{name}")
 
 
-@pytest.fixture
-def catalog_restored():
-    """Tests re-register the benchmarks at a tmp root; put the default registration back after."""
-    yield
-    register_all_benchmarks()
-
-
 def tile(values: list[int], seed: int) -> np.ndarray:
     """A (H, W) map holding every value of ``values`` (shuffled), as int64."""
     rng = np.random.default_rng(seed)

@@ -20,26 +20,14 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import load_script
 from detectron2.data import DatasetCatalog
 from PIL import Image
 from pycocotools import mask as mask_utils
+from test_prepare_datasets import REPO, SIZE, load_prepare_script
 
 from pixelclip.data.benchmarks import load_class_names, register_all_benchmarks
 
-REPO = Path(__file__).resolve().parents[1]
-SIZE = (16, 24)  # (H, W) of the fake label maps
 IGNORE16 = 65535
-
-
-def load_prepare_script(name: str):
-    return load_script(f"datasets/{name}.py", f"_prepare_tf_{name}")
-
-
-@pytest.fixture
-def catalog_restored():
-    yield
-    register_all_benchmarks()
 
 
 def tile(values: list[int], seed: int, size=SIZE) -> np.ndarray:
